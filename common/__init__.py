@@ -1,0 +1,1 @@
+"""Small utilities shared by the core packages: image files, key colours, atomic writes."""

@@ -1,0 +1,1 @@
+"""Sub-commands of ``python -m diffumatting`` (one module each, see ``diffumatting/cli.py``)."""

@@ -1,0 +1,3 @@
+"""Nodes: composite (filled in by its issue)."""
+
+NODES = []

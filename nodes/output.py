@@ -1,0 +1,3 @@
+"""Nodes: output (filled in by its issue)."""
+
+NODES = []
