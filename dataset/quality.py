@@ -1,0 +1,71 @@
+"""The data factory's quality gate: scores per sample and the rule that rejects bad ones."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class QualityThresholds:
+    """Limits of the gate (fractions in [0,1]). Defaults suit 512 px green-screen generations."""
+
+    max_key_residue: float = 0.01  # share of the object (alpha-weighted) whose fg colour is still the key colour
+    key_distance: float = 0.25  # RGB distance (0..sqrt(3)) under which an fg pixel counts as key colour
+    max_border_alpha: float = 0.02  # share of the image border (``border`` px wide) covered by the object
+    border: int = 2
+    min_coverage: float = 0.01  # mean alpha: below this the sample is (almost) empty
+    max_coverage: float = 0.90  # above this the object fills the frame (no usable background)
+
+
+def quality_scores(fg: torch.Tensor, alpha: torch.Tensor, key_colour: torch.Tensor,
+                   thresholds: QualityThresholds | None = None) -> list[dict[str, float]]:
+    """fg [B,3,H,W] straight, alpha [B,1,H,W] (1 = opaque), key_colour [3] or [B,3] in [0,1] -> one score dict per sample.
+
+    Scores: ``key_residue`` (alpha-weighted share of object pixels whose colour is within ``key_distance`` of the
+    key), ``border_alpha`` (share of the ``border``-px frame with alpha > 0.5), ``coverage`` (mean alpha).
+    """
+    t = thresholds or QualityThresholds()
+    if fg.ndim != 4 or fg.shape[1] != 3:
+        raise ValueError(f"fg: expected [B,3,H,W], got {tuple(fg.shape)}")
+    if alpha.ndim != 4 or alpha.shape[1] != 1 or alpha.shape[0] != fg.shape[0] or alpha.shape[-2:] != fg.shape[-2:]:
+        raise ValueError(f"alpha: expected [B,1,H,W] matching fg {tuple(fg.shape)}, got {tuple(alpha.shape)}")
+    b, _, h, w = fg.shape
+    key = key_colour.to(fg.device, torch.float32).reshape(-1, 3)
+    if key.shape[0] not in (1, b):
+        raise ValueError(f"key_colour: expected [3] or [{b},3], got {tuple(key_colour.shape)}")
+    key = key.expand(b, 3)[:, :, None, None]
+    a = alpha.float().clamp(0, 1)
+    # Pixels with almost no alpha carry no visible colour; weight by alpha so only visible residue counts.
+    weight = a * (a > 0.05)
+    near_key = ((fg.float() - key).norm(dim=1, keepdim=True) < t.key_distance).float()
+    residue = (weight * near_key).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-6)
+    r = max(1, min(t.border, h // 2, w // 2))
+    frame = torch.ones(h, w, dtype=torch.bool, device=fg.device)
+    frame[r:-r, r:-r] = False
+    border = (a[:, 0][:, frame] > 0.5).float().mean(dim=1)
+    coverage = a.mean(dim=(1, 2, 3))
+    return [
+        {"key_residue": float(residue[i]), "border_alpha": float(border[i]), "coverage": float(coverage[i])}
+        for i in range(b)
+    ]
+
+
+def gate(scores: dict[str, float], thresholds: QualityThresholds | None = None) -> list[str]:
+    """Reasons to reject one sample (empty list = accepted). Reason codes: key_residue, border, empty, full."""
+    t = thresholds or QualityThresholds()
+    reasons = []
+    if scores["key_residue"] > t.max_key_residue:
+        reasons.append("key_residue")
+    if scores["border_alpha"] > t.max_border_alpha:
+        reasons.append("border")
+    if scores["coverage"] < t.min_coverage:
+        reasons.append("empty")
+    if scores["coverage"] > t.max_coverage:
+        reasons.append("full")
+    return reasons
+
+
+def thresholds_dict(t: QualityThresholds) -> dict:
+    return asdict(t)

@@ -1,0 +1,10 @@
+"""GreenPost: classical keying of green-screen (or any key colour) images into straight RGBA; no model weights.
+
+``green_post(image [B,3,H,W], alpha=None, key_colour="auto", high_quality=False, **options) -> GreenPostResult``
+"""
+
+from .core import GreenPostOptions, GreenPostResult, green_post
+from .keycolour import NoKeyColourWarning, estimate_key_colour, key_channels, key_difference, resolve_key_colour
+
+__all__ = ["green_post", "GreenPostResult", "GreenPostOptions", "estimate_key_colour", "resolve_key_colour",
+           "key_channels", "key_difference", "NoKeyColourWarning"]

@@ -1,0 +1,124 @@
+"""The matting head: a small network on a frozen VAE decoder's features that predicts matting-level alpha.
+
+Inputs are the decoder's feature taps at strides 8, 4, 2 and 1 (coarse to fine), the decoded RGB and a
+colour-difference key alpha of the decoded image. Each tap first goes through a 1x1 "lateral" projection (the
+decode path applies it inside the forward hook, so the wide full-resolution features are never kept). Most
+parameters work at 1/8 and 1/16 resolution (context: holes, the whole silhouette); the finer stages are narrow,
+so the head costs a small fraction of the decoder. The output is a correction of the key alpha in logit space,
+sigmoid -> alpha, plus an optional straight-colour residual on the decoded RGB.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_CONFIG = {
+    "lateral": [96, 48, 24, 16],  # 1x1 projection width per tap (strides 8, 4, 2, 1)
+    "width_8": 128,  # trunk width at 1/8
+    "width_16": 160,  # context width at 1/16
+    "blocks_8": 2,
+    "blocks_16": 2,
+    "width_4": 48,
+    "width_2": 24,
+    "width_1": 16,
+    "predict_fg": True,
+}
+STRIDES = (8, 4, 2, 1)
+LOGIT_CLAMP = 6.0
+
+
+class ResBlock(nn.Module):
+    """x [B,C,h,w] -> [B,C,h,w]: two 3x3 convs with a residual connection."""
+
+    def __init__(self, c: int, dilation: int = 1):
+        super().__init__()
+        self.c1 = nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation)
+        self.c2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(x + self.c2(F.relu(self.c1(x))))
+
+
+def _up(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class MattingHead(nn.Module):
+    """Matting head for a decoder whose taps have ``tap_channels`` channels at strides 8, 4, 2, 1."""
+
+    def __init__(self, tap_channels: list[int], config: dict | None = None):
+        super().__init__()
+        cfg = dict(DEFAULT_CONFIG)
+        cfg.update(config or {})
+        if len(tap_channels) != 4 or len(cfg["lateral"]) != 4:
+            raise ValueError(f"tap_channels: expected 4 taps (strides 8, 4, 2, 1), got {tap_channels}")
+        self.tap_channels = [int(c) for c in tap_channels]
+        self.config = cfg
+        lat = cfg["lateral"]
+        self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(self.tap_channels, lat))
+        w8, w16, w4, w2, w1 = cfg["width_8"], cfg["width_16"], cfg["width_4"], cfg["width_2"], cfg["width_1"]
+        self.stem8 = nn.Conv2d(lat[0] + 4, w8, 3, padding=1)
+        self.blocks8 = nn.Sequential(*[ResBlock(w8) for _ in range(cfg["blocks_8"])])
+        self.down16 = nn.Conv2d(w8, w16, 3, stride=2, padding=1)
+        self.blocks16 = nn.Sequential(*[ResBlock(w16, dilation=1 + (i % 2)) for i in range(cfg["blocks_16"])])
+        self.up16 = nn.Conv2d(w16, w8, 1)
+        self.merge8 = ResBlock(w8)
+        self.to4 = nn.Conv2d(w8, lat[1], 1)
+        self.stage4 = nn.Sequential(nn.Conv2d(lat[1] + 4, w4, 3, padding=1), nn.ReLU(), ResBlock(w4))
+        self.to2 = nn.Conv2d(w4, lat[2], 1)
+        self.stage2 = nn.Sequential(nn.Conv2d(lat[2], w2, 3, padding=1), nn.ReLU(), ResBlock(w2))
+        self.to1 = nn.Conv2d(w2, lat[3], 1)
+        self.guide1 = nn.Conv2d(4, lat[3], 1)
+        n_out = 4 if cfg["predict_fg"] else 1
+        self.stage1 = nn.Sequential(
+            nn.Conv2d(lat[3], w1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w1, w1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w1, n_out, 3, padding=1),
+        )
+        nn.init.zeros_(self.stage1[-1].weight)
+        nn.init.zeros_(self.stage1[-1].bias)
+
+    @property
+    def predicts_fg(self) -> bool:
+        return bool(self.config["predict_fg"])
+
+    def project(self, index: int, feature: torch.Tensor) -> torch.Tensor:
+        """Tap ``index`` (0 = stride 8 ... 3 = stride 1): [B,C_i,h,w] -> [B,lateral_i,h,w] in the head's dtype."""
+        w = self.lateral[index].weight
+        return self.lateral[index](feature.to(device=w.device, dtype=w.dtype))
+
+    def forward(self, taps: list[torch.Tensor], rgb: torch.Tensor, key_alpha: torch.Tensor,
+                projected: bool = False) -> dict[str, torch.Tensor]:
+        """taps: 4 x [B,C_i,H/s,W/s] (s = 8,4,2,1), rgb [B,3,H,W] in [0,1], key_alpha [B,1,H,W] in [0,1]
+        -> {"alpha": [B,1,H,W] in [0,1], "fg": [B,3,H,W] in [0,1] (when predict_fg), "logits": [B,1,H,W]}."""
+        if len(taps) != 4:
+            raise ValueError(f"taps: expected 4 feature maps (strides 8, 4, 2, 1), got {len(taps)}")
+        dtype = self.stem8.weight.dtype
+        rgb = rgb.to(dtype)
+        key_alpha = key_alpha.to(dtype)
+        f = taps if projected else [self.project(i, t) for i, t in enumerate(taps)]
+        f = [t.to(dtype) for t in f]
+        H, W = rgb.shape[-2:]
+        guide = torch.cat([rgb, key_alpha], 1)
+        g8 = F.adaptive_avg_pool2d(guide, f[0].shape[-2:])
+        x = F.relu(self.stem8(torch.cat([f[0], g8], 1)))
+        x = self.blocks8(x)
+        c = self.blocks16(F.relu(self.down16(x)))
+        x = self.merge8(x + _up(self.up16(c), x.shape[-2:]))
+        g4 = F.adaptive_avg_pool2d(guide, f[1].shape[-2:])
+        x = self.stage4(torch.cat([_up(self.to4(x), f[1].shape[-2:]) + f[1], g4], 1))
+        x = self.stage2(_up(self.to2(x), f[2].shape[-2:]) + f[2])
+        x = F.relu(_up(self.to1(x), (H, W)) + f[3] + self.guide1(guide))
+        out = self.stage1(x)
+        prior = torch.logit(key_alpha.clamp(1e-3, 1 - 1e-3)).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+        logits = prior + out[:, :1]
+        result = {"alpha": torch.sigmoid(logits), "logits": logits}
+        if self.predicts_fg:
+            result["fg"] = (rgb + out[:, 1:4]).clamp(0, 1)
+        return result
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

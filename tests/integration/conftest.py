@@ -1,0 +1,399 @@
+"""Integration harness: a real ComfyUI 0.8 in this process (CPU), with the pack loaded by ComfyUI's own loader.
+
+Everything here is skipped, with a message saying how to enable it, unless ``COMFYUI_PATH`` points at a ComfyUI
+checkout whose requirements are installed in the Python running the tests.
+
+Fixtures (see CONTRIBUTING.md): ``comfy``, ``run_prompt``, ``tiny_sd15``, ``tiny_sdxl``, ``random_sd15_checkpoint``.
+Test-only nodes registered into ComfyUI: ``DMTestTinyModels``, ``DMTestCapture``, ``DMTestImage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+CACHE_DIR = Path(os.environ.get("DIFFUMATTING_TEST_CACHE", Path.home() / ".cache" / "diffumatting-tests"))
+SKIP_REASON = (
+    "integration tests need a ComfyUI 0.8 checkout: set COMFYUI_PATH=/path/to/ComfyUI and install its "
+    "requirements.txt into this Python (see README, 'Tests')"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.comfyui)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+_STATE: dict = {}
+
+
+def _bootstrap(tmp_root: Path) -> types.SimpleNamespace:
+    """Import ComfyUI from COMFYUI_PATH, CPU mode, temp folders, built-in nodes, then this pack via load_custom_node."""
+    if "ns" in _STATE:
+        return _STATE["ns"]
+    root = Path(COMFYUI_PATH).resolve()
+    if not (root / "comfy" / "model_management.py").is_file():
+        pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH!r} is not a ComfyUI checkout (no comfy/model_management.py)")
+    sys.path.insert(0, str(root))
+    from comfy.cli_args import args  # must precede any import of comfy.model_management
+
+    args.cpu = True
+    args.disable_api_nodes = True
+    import utils.extra_config  # noqa: F401  (before `nodes`: nodes.py puts comfy/ first on sys.path)
+    import folder_paths
+
+    for name, setter in (("output", folder_paths.set_output_directory), ("temp", folder_paths.set_temp_directory),
+                         ("input", folder_paths.set_input_directory), ("user", folder_paths.set_user_directory)):
+        path = tmp_root / name
+        path.mkdir(parents=True, exist_ok=True)
+        setter(str(path))
+    models_dir = tmp_root / "models"
+    for name in ("checkpoints", "loras", "controlnet", "vae", "diffumatting"):
+        (models_dir / name).mkdir(parents=True, exist_ok=True)
+        folder_paths.add_model_folder_path(name, str(models_dir / name), is_default=True)
+
+    import execution
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    core_ids = set(nodes.NODE_CLASS_MAPPINGS)
+    ok = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=core_ids))
+    if not ok:
+        pytest.fail("ComfyUI could not import the pack (see the log above for the traceback)")
+    pack_module = sys.modules[str(REPO_ROOT).replace(".", "_x_")]
+    _register_test_nodes(nodes)
+    ns = types.SimpleNamespace(
+        root=root, nodes=nodes, execution=execution, folder_paths=folder_paths, pack=pack_module,
+        node_classes=nodes.NODE_CLASS_MAPPINGS, core_ids=core_ids, models_dir=models_dir, tmp_root=tmp_root,
+    )
+    _STATE["ns"] = ns
+    return ns
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    if not COMFYUI_PATH:
+        pytest.skip(SKIP_REASON)
+    yield _bootstrap(tmp_path_factory.mktemp("comfyui"))
+    # Drop the test models while ComfyUI is still intact (ModelPatcher.__del__ at interpreter exit is noisy).
+    import gc
+
+    _TINY.clear()
+    gc.collect()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running API-format prompts in-process
+
+
+class _StubServer:
+    """What PromptExecutor needs of PromptServer when no server runs (comfyui.md 8.3)."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+CAPTURED: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def executor(comfy):
+    server = _StubServer()
+    ex = comfy.execution.PromptExecutor(server, cache_type=comfy.execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    return ex, server
+
+
+@pytest.fixture
+def run_prompt(comfy, executor):
+    """``run_prompt(prompt, extra_pnginfo=None) -> {capture key: value}``; fails the test with ComfyUI's message."""
+    ex, server = executor
+
+    def run(prompt: dict, extra_pnginfo: dict | None = None, expect_error: bool = False):
+        CAPTURED.clear()
+        prompt_id = str(uuid.uuid4())
+        valid = asyncio.run(comfy.execution.validate_prompt(prompt_id, prompt, None))
+        ok, error, outputs, node_errors = valid
+        if not ok:
+            if expect_error:
+                return {"validation_error": error, "node_errors": node_errors}
+            pytest.fail(f"prompt failed validation: {error}\nnode errors: {node_errors}")
+        server.messages.clear()
+        ex.execute(prompt, prompt_id, extra_data={"extra_pnginfo": extra_pnginfo or {}}, execute_outputs=outputs)
+        if not ex.success:
+            errors = [data for event, data in ex.status_messages if event == "execution_error"]
+            if expect_error:
+                return {"execution_error": errors[0] if errors else ex.status_messages}
+            detail = errors[0] if errors else ex.status_messages
+            if isinstance(detail, dict):
+                detail = f"{detail.get('node_type')}: {detail.get('exception_message')}\n" + "".join(detail.get("traceback", []))
+            pytest.fail(f"prompt failed in execution: {detail}")
+        if expect_error:
+            pytest.fail("the prompt was expected to fail but ran")
+        result = dict(CAPTURED)
+        result["_history"] = ex.history_result
+        return result
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny models built with ComfyUI's own classes
+
+
+TINY_UNET = {
+    "sd15": dict(
+        use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+        adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[1, 1, 1],
+        transformer_depth=[1, 1, 1], channel_mult=[1, 2, 2], transformer_depth_middle=1,
+        use_linear_in_transformer=False, context_dim=768, transformer_depth_output=[1, 1, 1, 1, 1, 1],
+        use_temporal_resblock=False, use_temporal_attention=False,
+    ),
+    "sdxl": dict(
+        use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+        adm_in_channels=2816, num_classes="sequential", in_channels=4, model_channels=32, num_res_blocks=[1, 1, 1],
+        transformer_depth=[0, 1, 1], channel_mult=[1, 2, 2], transformer_depth_middle=1,
+        use_linear_in_transformer=True, context_dim=2048, transformer_depth_output=[0, 0, 1, 1, 1, 1],
+        use_temporal_resblock=False, use_temporal_attention=False,
+    ),
+}
+TINY_TEXT_ENCODER = {"num_hidden_layers": 3, "intermediate_size": 256}
+TINY_VAE_DDCONFIG = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=32,
+                         ch_mult=[1, 2, 4, 4], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+FULL_SD15_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
+    use_linear_in_transformer=False, context_dim=768, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    use_temporal_resblock=False, use_temporal_attention=False,
+)
+FULL_VAE_DDCONFIG = dict(TINY_VAE_DDCONFIG, ch=128, num_res_blocks=2)
+
+
+def init_random_weights(module, seed: int) -> None:
+    """Deterministic, well-scaled random weights (ComfyUI's layers skip initialisation, leaving garbage)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            kind = type(sub).__name__
+            weight = getattr(sub, "weight", None)
+            bias = getattr(sub, "bias", None)
+            if not isinstance(weight, torch.nn.Parameter) and not isinstance(weight, torch.Tensor):
+                continue
+            if "Norm" in kind:
+                weight.fill_(1.0)
+            elif kind == "Embedding":
+                weight.copy_(torch.randn(weight.shape, generator=gen) * 0.02)
+            else:
+                fan_in = weight[0].numel() if weight.ndim > 1 else weight.numel()
+                weight.copy_(torch.randn(weight.shape, generator=gen) * (fan_in ** -0.5))
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
+        for name, param in module.named_parameters():
+            if not torch.isfinite(param).all():
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+
+
+def build_models(family: str, unet_config: dict, vae_ddconfig: dict, text_config: dict | None, seed: int = 0):
+    """MODEL (ModelPatcher), CLIP and VAE of an SD1.5- or SDXL-family model with random weights."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import torch
+
+    config_cls = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}[family]
+    model_config = config_cls(dict(unet_config))
+    if family == "sdxl" and unet_config["model_channels"] < 64:
+        model_config.unet_config["num_head_channels"] = 16
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({})
+    init_random_weights(base.diffusion_model, seed)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+    te_options = {}
+    if text_config:
+        te_options = {"clip_l_model_config": dict(text_config), "clip_g_model_config": dict(text_config)}
+    clip = comfy.sd.CLIP(target=model_config.clip_target(), model_options=te_options)
+    init_random_weights(clip.cond_stage_model, seed + 1)
+
+    vae = comfy.sd.VAE(sd={}, config={"params": {"embed_dim": 4, "ddconfig": dict(vae_ddconfig)}})
+    init_random_weights(vae.first_stage_model, seed + 2)
+    return model, clip, vae, model_config
+
+
+def build_controlnet(model_config, seed: int = 3):
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+    import torch
+
+    cfg = dict(model_config.unet_config)
+    cfg.pop("out_channels", None)
+    cfg.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu")
+    control_model = comfy.cldm.cldm.ControlNet(**cfg)
+    init_random_weights(control_model, seed)
+    return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device(), manual_cast_dtype=None)
+
+
+_TINY: dict[str, types.SimpleNamespace] = {}
+
+
+def tiny_models(family: str) -> types.SimpleNamespace:
+    if family not in _TINY:
+        model, clip, vae, model_config = build_models(family, TINY_UNET[family], TINY_VAE_DDCONFIG, TINY_TEXT_ENCODER,
+                                                      seed=11 if family == "sd15" else 23)
+        _TINY[family] = types.SimpleNamespace(model=model, clip=clip, vae=vae, model_config=model_config,
+                                              controlnet=build_controlnet(model_config))
+    return _TINY[family]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(comfy):
+    return tiny_models("sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(comfy):
+    return tiny_models("sdxl")
+
+
+@pytest.fixture(scope="session")
+def random_sd15_checkpoint(comfy):
+    """File name (in the checkpoints folder) of a full-size SD1.5 checkpoint with random weights, built once."""
+    import comfy.sd
+
+    name = "random_sd15.safetensors"
+    cached = CACHE_DIR / name
+    if not cached.is_file():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        logging.info("building the full-size random SD1.5 checkpoint once into %s", cached)
+        model, clip, vae, _ = build_models("sd15", FULL_SD15_UNET, FULL_VAE_DDCONFIG, None, seed=5)
+        import torch
+
+        model.model.diffusion_model.to(torch.float16)
+        clip.cond_stage_model.to(torch.float16)
+        vae.first_stage_model.to(torch.float16)
+        partial = cached.with_suffix(".partial.safetensors")
+        comfy.sd.save_checkpoint(str(partial), model, clip, vae, metadata={"diffumatting": "random test checkpoint"})
+        os.replace(partial, cached)
+        del model, clip, vae
+    link = comfy.models_dir / "checkpoints" / name
+    if not link.exists():
+        link.symlink_to(cached)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test-only nodes
+
+
+def _register_test_nodes(nodes_module) -> None:
+    import torch
+
+    class DMTestTinyModels:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"family": (["sd15", "sdxl"], {"tooltip": "tiny test model family"})}}
+
+        RETURN_TYPES = ("MODEL", "CLIP", "VAE", "CONTROL_NET")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        def load(self, family):
+            m = tiny_models(family)
+            return (m.model, m.clip, m.vae, m.controlnet)
+
+    class DMTestCapture:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"value": ("*", {}), "key": ("STRING", {"default": "value"})}}
+
+        RETURN_TYPES = ()
+        FUNCTION = "capture"
+        OUTPUT_NODE = True
+        CATEGORY = "testing"
+
+        @classmethod
+        def VALIDATE_INPUTS(cls, input_types=None, **kwargs):
+            return True
+
+        def capture(self, value, key):
+            CAPTURED[key] = value
+            return {}
+
+        @classmethod
+        def IS_CHANGED(cls, **kwargs):
+            return float("nan")
+
+    class DMTestImage:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"width": ("INT", {"default": 64, "min": 8, "max": 4096}),
+                                 "height": ("INT", {"default": 64, "min": 8, "max": 4096}),
+                                 "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
+                                 "kind": (["greenscreen", "background"], {})}}
+
+        RETURN_TYPES = ("IMAGE", "MASK")
+        RETURN_NAMES = ("image", "alpha")
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self, width, height, batch, kind):
+            image, alpha = make_test_image(width, height, batch, kind)
+            return (image, alpha)
+
+    for cls in (DMTestTinyModels, DMTestCapture, DMTestImage):
+        nodes_module.NODE_CLASS_MAPPINGS[cls.__name__] = cls
+        nodes_module.NODE_DISPLAY_NAME_MAPPINGS[cls.__name__] = cls.__name__
+
+
+def make_test_image(width: int, height: int, batch: int = 1, kind: str = "greenscreen"):
+    """IMAGE [B,H,W,3] and alpha [B,H,W] (1 = opaque): a soft-edged striped disc on green, or a gradient backdrop."""
+    import torch
+
+    ys = torch.linspace(0, 1, height)[:, None].expand(height, width)
+    xs = torch.linspace(0, 1, width)[None, :].expand(height, width)
+    images, alphas = [], []
+    for b in range(batch):
+        cx, cy, r = 0.5 + 0.05 * b, 0.5, 0.3
+        dist = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt()
+        alpha = ((r - dist) / 0.04 + 0.5).clamp(0, 1)
+        if kind == "background":
+            img = torch.stack([xs, ys, 1 - xs * 0.5], -1)
+            alpha = torch.ones_like(alpha)
+        else:
+            stripes = (torch.sin(xs * 40) * 0.5 + 0.5)
+            fg = torch.stack([0.8 * stripes + 0.1, 0.3 * torch.ones_like(xs), 0.6 * (1 - stripes) + 0.2], -1)
+            green = torch.tensor([0.0, 0.69, 0.25])
+            img = alpha[..., None] * fg + (1 - alpha[..., None]) * green
+        images.append(img)
+        alphas.append(alpha)
+    return torch.stack(images), torch.stack(alphas)

@@ -1,0 +1,115 @@
+"""The pack inside a real ComfyUI: import, node-info contract, model folder, and end-to-end sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+TEST_NODES = {"DMTestTinyModels", "DMTestCapture", "DMTestImage"}
+DESIGN_NODES = {"DiffuMattingLoader", "DiffuMattingGreenControl", "DiffuMattingGreenControlSampler",
+                "DiffuMattingMattingHeadDecode", "DiffuMattingGreenPost", "DiffuMattingAlphaComposite"}
+
+
+def pack_node_ids(comfy) -> list[str]:
+    ids = []
+    for node_id, cls in comfy.node_classes.items():
+        if node_id in TEST_NODES or node_id in comfy.core_ids:
+            continue
+        ids.append(node_id)
+    return sorted(ids)
+
+
+def test_pack_registers_the_design_nodes(comfy):
+    ids = set(pack_node_ids(comfy))
+    missing = DESIGN_NODES - ids
+    assert not missing, f"nodes missing from ComfyUI's registry: {sorted(missing)}"
+
+
+def test_node_info_contract(comfy):
+    """Display name, category under DiffuMatting/, prefixed id, tooltip on every input and output."""
+    ids = pack_node_ids(comfy)
+    assert ids, "the pack registered no nodes"
+    problems = []
+    for node_id in ids:
+        cls = comfy.node_classes[node_id]
+        info = cls.GET_NODE_INFO_V1()
+        if not node_id.startswith("DiffuMatting"):
+            problems.append(f"{node_id}: id is not prefixed 'DiffuMatting'")
+        if node_id in comfy.core_ids:
+            problems.append(f"{node_id}: clashes with a core node")
+        if not info.get("display_name") or info["display_name"] == node_id and node_id != "DiffuMattingLoader":
+            problems.append(f"{node_id}: no display name")
+        if not str(info.get("category", "")).startswith("DiffuMatting/"):
+            problems.append(f"{node_id}: category {info.get('category')!r} is not under DiffuMatting/")
+        if not info.get("description"):
+            problems.append(f"{node_id}: no description")
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if not options.get("tooltip"):
+                    problems.append(f"{node_id}: input {name!r} has no tooltip")
+        tooltips = info.get("output_tooltips") or []
+        for i, name in enumerate(info.get("output_name", [])):
+            if i >= len(tooltips) or not tooltips[i]:
+                problems.append(f"{node_id}: output {name!r} has no tooltip")
+        if info.get("python_module", "").split(".")[0] != "custom_nodes":
+            problems.append(f"{node_id}: python_module {info.get('python_module')!r} is not the pack's")
+    assert not problems, "\n".join(problems)
+
+
+def test_model_folder_registered(comfy):
+    paths, extensions = comfy.folder_paths.folder_names_and_paths["diffumatting"]
+    assert any(p.replace("\\", "/").endswith("models/diffumatting") for p in paths)
+    assert ".safetensors" in extensions
+
+
+def test_model_folder_respects_user_entry(comfy, tmp_path):
+    """A user's extra_model_paths.yaml entry (empty extension set) is kept and restricted to model files."""
+    fp = comfy.folder_paths
+    saved = fp.folder_names_and_paths.pop("diffumatting")
+    try:
+        fp.folder_names_and_paths["diffumatting"] = ([str(tmp_path)], set())
+        comfy.pack.register_model_folder()
+        paths, extensions = fp.folder_names_and_paths["diffumatting"]
+        assert str(tmp_path) in paths and len(paths) == 2
+        assert ".safetensors" in extensions
+    finally:
+        fp.folder_names_and_paths["diffumatting"] = saved
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_end_to_end_tiny(run_prompt, family):
+    """Empty latent -> KSampler -> VAE decode on the tiny models, in-process through PromptExecutor."""
+    prompt = {
+        "1": {"class_type": "DMTestTinyModels", "inputs": {"family": family}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple on a green screen", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "5": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["1", 0],
+                                                   "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "DMTestCapture", "inputs": {"value": ["6", 0], "key": "image"}},
+    }
+    image = run_prompt(prompt)["image"]
+    assert tuple(image.shape) == (2, 64, 64, 3)
+    assert image.isfinite().all() and image.min() >= 0 and image.max() <= 1
+    assert image.std() > 0
+
+
+@pytest.mark.slow
+def test_end_to_end_full_size_sd15(run_prompt, random_sd15_checkpoint):
+    """The full-size random SD1.5 checkpoint through CheckpointLoaderSimple (slow: ~1 min on 2 CPU cores)."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": random_sd15_checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat, isolated on a pure green screen background", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 1, "cfg": 5.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["1", 0],
+                                                   "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "DMTestCapture", "inputs": {"value": ["6", 0], "key": "image"}},
+    }
+    image = run_prompt(prompt)["image"]
+    assert tuple(image.shape) == (1, 64, 64, 3)
+    assert image.isfinite().all()

@@ -1,0 +1,126 @@
+"""Pack foundation: import hygiene, the CLI entry, the layout rules of CONTRIBUTING.md."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CORE_PACKAGES = ["greenpost", "green_control", "matting_head", "compositing", "trainer", "synthetic", "dataset", "common"]
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution", "latent_preview"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", CORE_PACKAGES)
+def test_core_packages_do_not_import_comfyui(package):
+    """The core is pure torch: ComfyUI specifics live only in nodes/ (trainer/comfy_runtime.py loads it at run time)."""
+    offenders = []
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        if path.name == "comfy_runtime.py":
+            continue
+        bad = _imports(path) & COMFY_MODULES
+        if bad:
+            offenders.append(f"{path.relative_to(REPO_ROOT)} imports {sorted(bad)}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_absolute_imports_of_pack_modules():
+    """Inside the pack, imports are relative (ComfyUI imports the pack under its file-system path)."""
+    pack_names = set(CORE_PACKAGES) | {"diffumatting"}
+    offenders = []
+    for path in REPO_ROOT.rglob("*.py"):
+        rel = path.relative_to(REPO_ROOT)
+        if rel.parts[0] in {"tests", "bench", ".venv", "assets"} or "site-packages" in rel.parts:
+            continue
+        bad = _imports(path) & pack_names
+        if bad:
+            offenders.append(f"{rel} imports {sorted(bad)} absolutely")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_root_init_imports_without_comfyui():
+    """Importing the pack does nothing heavy: no ComfyUI module, no torch, no sys.path change."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('dm_pack', {str(REPO_ROOT / '__init__.py')!r},"
+        f" submodule_search_locations=[{str(REPO_ROOT)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); before = list(sys.path); spec.loader.exec_module(m)\n"
+        "assert callable(m.comfy_entrypoint)\n"
+        "assert 'folder_paths' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
+        "assert sys.path == before\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def _cli(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "-m", "diffumatting", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_help_lists_commands():
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("demo", "key", "train-head", "train", "dataset", "generate"):
+        assert command in result.stdout
+
+
+def test_cli_unknown_command_fails_cleanly():
+    result = _cli("no-such-command")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_no_command_prints_help_and_fails():
+    result = _cli()
+    assert result.returncode == 2
+    assert "usage:" in result.stdout
+
+
+def test_cli_removes_repo_root_from_sys_path():
+    """`python -m diffumatting` must not leave our nodes/ able to shadow ComfyUI's nodes.py."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, os; sys.path.insert(0, os.getcwd()); import diffumatting.__main__ as m;"
+         " import diffumatting; root = diffumatting.REPO_ROOT;"
+         " assert all(os.path.abspath(p or '.') != root for p in sys.path), sys.path"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["pyproject.toml", "requirements.txt", "LICENSE", "README.md", ".ci/run"])
+def test_project_files_exist(name):
+    assert (REPO_ROOT / name).is_file()
+
+
+def test_requirements_never_pin_torch():
+    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
+        name = line.split("#")[0].strip().split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        assert name not in {"torch", "torchvision", "torchaudio"}, line
+
+
+def test_pyproject_registry_metadata():
+    import tomllib
+
+    data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert data["project"]["name"] and "comfyui" not in data["project"]["name"].lower()
+    assert data["tool"]["comfy"]["requires-comfyui"].startswith(">=0.8")
+    deps = {d.split(">")[0].split("=")[0].strip().lower() for d in data["project"]["dependencies"]}
+    reqs = {line.split(">")[0].split("=")[0].strip().lower() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+    assert deps == reqs, "pyproject dependencies and requirements.txt disagree"

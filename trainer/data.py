@@ -1,0 +1,379 @@
+"""Green100K-style training data: (fg or image, alpha[, caption]) pairs composited onto the key colour.
+
+Folder layouts read by :func:`scan_folder` (any mix, searched recursively):
+
+- per-sample folders: ``<name>/{fg|foreground|image}.<ext>`` + ``<name>/alpha.<ext>`` [+ ``caption.txt``]
+  (the layout of ``../shared/data/mattes`` and of :func:`synthetic.write_synthetic_folder`);
+- parallel folders: ``<root>/{fg|image}/<stem>.<ext>`` + ``<root>/alpha/<stem>.<ext>`` [+ ``<root>/caption/<stem>.txt``
+  or a ``<stem>.txt`` beside the image] (the layout of the data-set writer and of most matting sets).
+
+A caption comes from the sidecar text file, else from the folder name (``red_apples`` -> "red apples"); the
+fixed prompt suffix ("isolated on a pure green screen background", naming the key colour) is appended, and
+with probability ``caption_dropout`` the caption is empty (classifier-free guidance). A straight foreground is
+preferred over an original image when both exist.
+
+Each sample is augmented (subject scale and position on the canvas, horizontal/vertical flips, colour jitter),
+composited ``alpha * fg + (1 - alpha) * K`` and returned with its background mask and transition band at latent
+size. Unreadable files, size mismatches and empty alphas are skipped (the next sample is used) and counted in
+:attr:`GreenDataset.skipped`, reported in the log; they never raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .losses import background_mask, transition_band
+
+log = logging.getLogger("diffumatting.trainer")
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+FG_NAMES = ("fg", "foreground")
+IMAGE_NAMES = ("image", "img", "rgb")
+DEFAULT_SUFFIX = "isolated on a pure green screen background"
+
+
+@dataclass
+class Sample:
+    """One (colour, alpha[, caption]) source; ``colour`` is a straight fg or an original image."""
+
+    colour: Path
+    alpha: Path
+    caption_file: Path | None
+    folder_caption: str
+    is_fg: bool
+
+
+@dataclass
+class DataOptions:
+    """How samples are built. ``resolution`` must be a multiple of 8 (the latent factor)."""
+
+    resolution: int = 512
+    key_colour: tuple = (0.0, 1.0, 0.0)
+    scale: tuple = (0.5, 0.95)  # subject's longer side as a fraction of the canvas
+    hflip: float = 0.5
+    vflip: float = 0.0
+    jitter: float = 0.1  # colour-jitter strength (brightness, contrast, saturation; hue at a fifth)
+    caption_suffix: str = DEFAULT_SUFFIX
+    caption_dropout: float = 0.1
+    default_caption: str = "an object"
+    band_radius: int | None = None  # pixels; None = 10 px at 512, scaled with the resolution
+    factor: int = 8
+    max_retries: int = 20
+    cache_items: int = 64  # decoded sources kept in memory (cropped to the subject, at most `resolution` px)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resolution, int) or self.resolution < 64 or self.resolution % self.factor:
+            raise ValueError(f"resolution: expected an int >= 64 divisible by {self.factor}, got {self.resolution!r}")
+        lo, hi = self.scale
+        if not 0.05 <= lo <= hi <= 1.0:
+            raise ValueError(f"scale: expected 0.05 <= min <= max <= 1, got {self.scale!r}")
+        for name in ("hflip", "vflip", "caption_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0,1], got {v!r}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter: expected a strength in [0,1], got {self.jitter!r}")
+        if self.band_radius is None:
+            self.band_radius = max(1, round(10 * self.resolution / 512))
+
+
+def _find_stem(folder: Path, names: tuple[str, ...]) -> Path | None:
+    for n in names:
+        for ext in IMAGE_EXTS:
+            p = folder / f"{n}{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def clean_folder_caption(name: str) -> str:
+    """Folder name -> caption words: separators become spaces, pure numbers and ids like ``GT01`` are dropped."""
+    words = re.split(r"[\s_\-.]+", name)
+    keep = [w for w in words if w and not re.fullmatch(r"[A-Za-z]{0,3}\d+", w)]
+    return " ".join(keep).strip()
+
+
+def scan_folder(root: str | os.PathLike) -> list[Sample]:
+    """root: a data folder -> samples (sorted by path) in either supported layout; raises ValueError if none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data: {root} is not a folder")
+    samples: list[Sample] = []
+    seen: set[Path] = set()
+    for dirpath, dirnames, _files in os.walk(root):
+        dirnames.sort()
+        d = Path(dirpath)
+        alpha = _find_stem(d, ("alpha", "matte", "mask"))
+        if alpha is not None:
+            fg = _find_stem(d, FG_NAMES)
+            colour = fg or _find_stem(d, IMAGE_NAMES)
+            if colour is not None:
+                cap = d / "caption.txt"
+                samples.append(Sample(colour, alpha, cap if cap.is_file() else None, d.name, fg is not None))
+                seen.add(colour)
+        # parallel layout: d/alpha/<stem>.* with d/fg or d/image
+        alpha_dir = d / "alpha"
+        if alpha_dir.is_dir():
+            colour_dirs = [(d / n, True) for n in FG_NAMES] + [(d / n, False) for n in IMAGE_NAMES]
+            for a in sorted(alpha_dir.iterdir()):
+                if a.suffix.lower() not in IMAGE_EXTS:
+                    continue
+                for cdir, is_fg in colour_dirs:
+                    c = next((cdir / f"{a.stem}{e}" for e in IMAGE_EXTS if (cdir / f"{a.stem}{e}").is_file()), None)
+                    if c is not None and c not in seen:
+                        caps = [d / "caption" / f"{a.stem}.txt", c.with_suffix(".txt")]
+                        cap = next((p for p in caps if p.is_file()), None)
+                        samples.append(Sample(c, a, cap, d.name, is_fg))
+                        seen.add(c)
+                        break
+    if not samples:
+        raise ValueError(
+            f"data: no (fg|image, alpha) pairs found under {root} (expected <name>/image.png + <name>/alpha.png, "
+            "or fg/ (or image/) and alpha/ folders with matching file names)"
+        )
+    samples.sort(key=lambda s: str(s.colour))
+    return samples
+
+
+def read_caption(sample: Sample, default: str) -> str:
+    """The sample's sidecar caption (first non-empty line), else its cleaned folder name, else ``default``."""
+    if sample.caption_file is not None:
+        try:
+            for line in sample.caption_file.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip():
+                    return line.strip()
+        except OSError:
+            pass
+    return clean_folder_caption(sample.folder_caption) or default
+
+
+def build_prompt(caption: str, suffix: str) -> str:
+    """caption, suffix -> ``"<caption>, <suffix>"`` (either part may be empty)."""
+    caption, suffix = caption.strip().rstrip(","), suffix.strip()
+    return ", ".join(p for p in (caption, suffix) if p)
+
+
+def load_pair(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """sample -> (colour [3,H,W], alpha [1,H,W]) float32 in [0,1]; ValueError for unreadable/mismatched/empty."""
+    from ..common.images import load_image
+
+    col = load_image(sample.colour)
+    al = load_image(sample.alpha)
+    # a matte is normally grey; an RGBA/grey+alpha matte file carries it in its alpha channel when that is not flat
+    if al.alpha is not None and float(al.alpha.min()) < 1.0:
+        alpha = al.alpha
+    else:
+        alpha = al.rgb.mean(0, keepdim=True)
+    rgb = col.rgb
+    if rgb.shape[1:] != alpha.shape[1:]:
+        raise ValueError(f"{sample.alpha}: size {tuple(alpha.shape[1:])} does not match {sample.colour} {tuple(rgb.shape[1:])}")
+    if not (alpha > 0.01).any():
+        raise ValueError(f"{sample.alpha}: alpha is empty (no foreground)")
+    return rgb, alpha
+
+
+def _crop_to_subject(rgb: torch.Tensor, alpha: torch.Tensor, max_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rgb [3,H,W], alpha [1,H,W] -> both cropped to alpha's bounding box, area-downscaled to <= max_side px."""
+    ys, xs = torch.nonzero(alpha[0] > 0.01, as_tuple=True)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    rgb, alpha = rgb[:, y0:y1, x0:x1], alpha[:, y0:y1, x0:x1]
+    h, w = alpha.shape[1:]
+    if max(h, w) > max_side:
+        k = max_side / max(h, w)
+        both = F.interpolate(torch.cat([rgb, alpha])[None], size=(max(1, round(h * k)), max(1, round(w * k))), mode="area")[0]
+        rgb, alpha = both[:3], both[3:]
+    return rgb.contiguous(), alpha.contiguous()
+
+
+def _jitter(rgb: torch.Tensor, strength: float, rng: random.Random) -> torch.Tensor:
+    """rgb: [3,H,W] in [0,1] -> jittered [3,H,W] in [0,1] (brightness, contrast, saturation, hue)."""
+    if strength <= 0:
+        return rgb
+    import kornia.enhance as KE
+
+    x = rgb[None]
+    x = KE.adjust_brightness(x, rng.uniform(-strength, strength))
+    x = KE.adjust_contrast(x, 1.0 + rng.uniform(-strength, strength))
+    x = KE.adjust_saturation(x, 1.0 + rng.uniform(-strength, strength))
+    x = KE.adjust_hue(x, rng.uniform(-strength, strength) * math.pi / 5)
+    return x[0].clamp(0.0, 1.0)
+
+
+def place_on_canvas(
+    rgb: torch.Tensor, alpha: torch.Tensor, opts: DataOptions, rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rgb [3,H,W], alpha [1,H,W] -> (fg [3,S,S], alpha [1,S,S]) with S = resolution: the subject's bounding box,
+    scaled so its longer side is a random fraction of S, flipped, placed at a random position (inside the canvas
+    when it fits). The fg outside the source is filled with edge colours (invisible under alpha 0)."""
+    s = opts.resolution
+    ys, xs = torch.nonzero(alpha[0] > 0.01, as_tuple=True)
+    y0, y1 = int(ys.min()), int(ys.max()) + 1
+    x0, x1 = int(xs.min()), int(xs.max()) + 1
+    rgb, alpha = rgb[:, y0:y1, x0:x1], alpha[:, y0:y1, x0:x1]
+    h, w = alpha.shape[1:]
+    frac = rng.uniform(*opts.scale)
+    k = frac * s / max(h, w)
+    nh, nw = max(1, round(h * k)), max(1, round(w * k))
+    both = torch.cat([rgb, alpha], 0)[None]
+    mode = "area" if k < 1 else "bilinear"
+    both = F.interpolate(both, size=(nh, nw), mode=mode, **({} if mode == "area" else {"align_corners": False}))[0]
+    if rng.random() < opts.hflip:
+        both = both.flip(-1)
+    if rng.random() < opts.vflip:
+        both = both.flip(-2)
+    top = rng.randint(0, s - nh) if nh <= s else -rng.randint(0, nh - s)
+    left = rng.randint(0, s - nw) if nw <= s else -rng.randint(0, nw - s)
+    canvas = torch.zeros(4, s, s)
+    sy0, sx0 = max(0, -top), max(0, -left)
+    dy0, dx0 = max(0, top), max(0, left)
+    hh, ww = min(nh - sy0, s - dy0), min(nw - sx0, s - dx0)
+    canvas[:, dy0 : dy0 + hh, dx0 : dx0 + ww] = both[:, sy0 : sy0 + hh, sx0 : sx0 + ww]
+    fg = canvas[:3]
+    # fill the fg outside the pasted box with its mean colour so colour stats stay sane (alpha is 0 there)
+    inside = torch.zeros(1, s, s, dtype=torch.bool)
+    inside[:, dy0 : dy0 + hh, dx0 : dx0 + ww] = True
+    fg = torch.where(inside, fg, both[:3].mean(dim=(1, 2), keepdim=True))
+    return fg.clamp(0, 1), canvas[3:].clamp(0, 1)
+
+
+def composite(fg: torch.Tensor, alpha: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """fg: [...,3,H,W] straight, alpha: [...,1,H,W], key: [3] in [0,1] -> image [...,3,H,W] = a*fg + (1-a)*key."""
+    k = key.to(fg).view(*([1] * (fg.ndim - 3)), 3, 1, 1)
+    return alpha * fg + (1.0 - alpha) * k
+
+
+class GreenDataset(torch.utils.data.Dataset):
+    """Green composites of a folder's (fg|image, alpha) pairs, or of in-memory pairs, with augmentation.
+
+    Item: ``{"image": [3,S,S] in [0,1], "alpha": [1,S,S], "trimap": [1,S,S] in {0,.5,1}, "bg": [1,S/8,S/8],
+    "band": [1,S/8,S/8], "prompt": str, "has_key_word": bool, "index": int}``. Bad sources are skipped: the item
+    falls through to the next index and the reason is counted in :attr:`skipped`.
+    """
+
+    def __init__(self, sources, options: DataOptions | None = None, seed: int = 0):
+        self.opts = options or DataOptions()
+        from ..common.colour import parse_key_colour
+
+        self.key = parse_key_colour(self.opts.key_colour, "key_colour").float()
+        if isinstance(sources, (str, os.PathLike)):
+            self.samples: list = scan_folder(sources)
+        else:
+            self.samples = list(sources)
+            if not self.samples:
+                raise ValueError("sources: expected at least one (fg, alpha[, caption]) pair or sample, got none")
+        self.seed = int(seed)
+        self.epoch = 0  # the training loop sets it; augmentation is a function of (seed, epoch, index)
+        self.skipped: Counter = Counter()
+        self._bad: set[int] = set()
+        self._logged: set[int] = set()
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _source(self, i: int):
+        if i in self._cache:
+            return self._cache[i]
+        rgb, alpha, caption = self._read(i)
+        rgb, alpha = _crop_to_subject(rgb, alpha, self.opts.resolution)
+        if self.opts.cache_items > 0:
+            if len(self._cache) >= self.opts.cache_items:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = (rgb, alpha, caption)
+        return rgb, alpha, caption
+
+    def _read(self, i: int):
+        s = self.samples[i]
+        if isinstance(s, Sample):
+            rgb, alpha = load_pair(s)
+            return rgb, alpha, read_caption(s, self.opts.default_caption)
+        fg, alpha = s[0], s[1]
+        caption = s[2] if len(s) > 2 and s[2] is not None else self.opts.default_caption
+        if fg.ndim != 3 or fg.shape[0] != 3 or alpha.ndim != 3 or alpha.shape[0] != 1:
+            raise ValueError(f"sample {i}: expected fg [3,H,W] and alpha [1,H,W], got {tuple(fg.shape)}, {tuple(alpha.shape)}")
+        if fg.shape[1:] != alpha.shape[1:]:
+            raise ValueError(f"sample {i}: fg {tuple(fg.shape[1:])} and alpha {tuple(alpha.shape[1:])} differ in size")
+        if not (alpha > 0.01).any():
+            raise ValueError(f"sample {i}: alpha is empty (no foreground)")
+        return fg.float().clamp(0, 1), alpha.float().clamp(0, 1), caption
+
+    def _skip(self, i: int, exc: Exception) -> None:
+        msg = str(exc)
+        reason = "empty alpha" if "empty" in msg else "size mismatch" if "match" in msg or "differ" in msg else "unreadable"
+        self._bad.add(i)
+        if i not in self._logged:
+            self._logged.add(i)
+            self.skipped[reason] += 1
+            log.warning("skipping sample %d (%s): %s", i, reason, msg)
+
+    def build(self, i: int, rng: random.Random) -> dict:
+        """Sample ``i`` (no fall-through) with augmentation drawn from ``rng`` -> item dict (see class doc)."""
+        rgb, alpha, caption = self._source(i)
+        fg, a = place_on_canvas(rgb, alpha, self.opts, rng)
+        fg = _jitter(fg, self.opts.jitter, rng)
+        image = composite(fg, a, self.key)
+        drop = rng.random() < self.opts.caption_dropout
+        prompt = "" if drop else build_prompt(caption, self.opts.caption_suffix)
+        trimap = torch.where(a > 1 - 1 / 255, 1.0, torch.where(a < 1 / 255, 0.0, 0.5))
+        bg = background_mask(a[None], self.opts.factor)[0]
+        band = transition_band(a[None], self.opts.band_radius, self.opts.factor)[0]
+        return {
+            "image": image,
+            "alpha": a,
+            "fg": fg,
+            "trimap": trimap,
+            "bg": bg,
+            "band": band,
+            "prompt": prompt,
+            "has_key_word": not drop and bool(prompt),
+            "index": i,
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.samples)
+        for attempt in range(min(n, self.opts.max_retries)):
+            i = (index + attempt) % n
+            if i in self._bad:
+                continue
+            rng = random.Random(f"{self.seed}/{self.epoch}/{index}/{attempt}")
+            try:
+                return self.build(i, rng)
+            except (ValueError, OSError) as exc:
+                self._skip(i, exc)
+        raise ValueError(
+            f"data: no usable sample near index {index}: {sum(self.skipped.values())} skipped "
+            f"({dict(self.skipped)}); check the data folder"
+        )
+
+    def report(self) -> str:
+        """One line: how many samples were skipped and why."""
+        total = sum(self.skipped.values())
+        if not total:
+            return f"data: {len(self.samples)} samples, none skipped"
+        return f"data: {len(self.samples)} samples, {total} skipped ({', '.join(f'{k}: {v}' for k, v in sorted(self.skipped.items()))})"
+
+
+def collate(items: list[dict]) -> dict:
+    """Items of :class:`GreenDataset` -> batch: tensors stacked to [B,...], ``prompt`` a list, flags a bool tensor."""
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        if torch.is_tensor(vals[0]):
+            out[k] = torch.stack(vals)
+        elif k == "has_key_word":
+            out[k] = torch.tensor(vals, dtype=torch.bool)
+        elif k == "index":
+            out[k] = torch.tensor(vals, dtype=torch.long)
+        else:
+            out[k] = vals
+    return out
