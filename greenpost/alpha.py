@@ -36,14 +36,16 @@ def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """mask: [B,1,H,W] in [0,1] -> [B,1,H,W]: grey erosion (min over a (2r+1) square)."""
     if radius <= 0:
         return mask
-    return -F.max_pool2d(-mask, 2 * radius + 1, stride=1, padding=radius)
+    return -dilate(-mask, radius)
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """mask: [B,1,H,W] in [0,1] -> [B,1,H,W]: grey dilation (max over a (2r+1) square)."""
     if radius <= 0:
         return mask
-    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+    k = 2 * radius + 1
+    out = F.max_pool2d(mask, (1, k), stride=1, padding=(0, radius))
+    return F.max_pool2d(out, (k, 1), stride=1, padding=(radius, 0))
 
 
 def estimate_screen(image: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int = 64,
@@ -66,7 +68,7 @@ def estimate_screen(image: torch.Tensor, key: torch.Tensor, high: torch.Tensor, 
 
 
 def guided_refine(image: torch.Tensor, alpha: torch.Tensor, radius: int, eps: float, band: torch.Tensor | None = None,
-                  subsample: int = 1) -> torch.Tensor:
+                  subsample: int = 1, guide: str = "luma") -> torch.Tensor:
     """image [B,3,H,W] guide, alpha [B,1,H,W] -> alpha refined by a guided filter (kornia), optionally only in band.
 
     Edge-preserving: alpha follows the image's own edges (full-resolution luma), which recovers detail the
@@ -75,43 +77,48 @@ def guided_refine(image: torch.Tensor, alpha: torch.Tensor, radius: int, eps: fl
     from kornia.filters import guided_blur
 
     k = 2 * radius + 1
-    out = guided_blur(image, alpha, k, eps, border_type="replicate", subsample=subsample).clamp(0, 1)
+    if image.shape[1] == 3 and guide == "luma":
+        w = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        image = (image * w).sum(dim=1, keepdim=True)
+    out = guided_blur(image, alpha, k, eps, border_type="replicate", subsample=subsample,
+                      separable=True).clamp(0, 1)
     if band is not None:
         out = torch.where(band > 0, out, alpha)
     return out
 
 
-def despeckle(alpha: torch.Tensor, min_area: int) -> torch.Tensor:
+def despeckle(alpha: torch.Tensor, min_area: int, hole_area: int = 0) -> torch.Tensor:
     """alpha [B,1,H,W] in [0,1] -> same: removes faint islands smaller than min_area px and fills small holes.
 
     Islands: 8-connected components of ``alpha > 0.05`` with fewer than ``min_area`` pixels whose peak alpha is
     below 0.5 (noise specks on the canvas; real but faint hair tips are larger or stronger). Holes: components of
-    ``alpha < 0.95`` smaller than ``min_area`` and entirely surrounded by opaque pixels are set opaque.
+    ``alpha < 0.5`` smaller than ``hole_area`` (default 0: off; fine nets and hair have many such gaps) that do not touch the image border are set opaque (key-coloured specks
+    inside the subject); semi-transparent areas above 0.5 are never touched.
     """
     import cv2
 
-    if min_area <= 0:
+    if min_area <= 0 and hole_area <= 0:
         return alpha
     out = alpha.detach().float().cpu().numpy().copy()
     for i in range(out.shape[0]):
         a = out[i, 0]
         fg = (a > 0.05).astype(np.uint8)
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8) if min_area > 0 else (0, 0, 0, 0)
         if n > 1:
-            small = np.where(stats[1:, cv2.CC_STAT_AREA] < min_area)[0] + 1
-            if small.size:
-                peak = np.zeros(n, np.float32)
-                np.maximum.at(peak, lab.ravel(), a.ravel())
-                kill = np.zeros(n, bool)
-                kill[small] = peak[small] < 0.5
+            small = stats[:, cv2.CC_STAT_AREA] < min_area
+            small[0] = False
+            if small.any():
+                strong = np.zeros(n, bool)
+                strong[lab[a >= 0.5]] = True
+                kill = small & ~strong
                 a[kill[lab]] = 0.0
-        holes = (a < 0.95).astype(np.uint8)
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+        holes = (a < 0.5).astype(np.uint8)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4) if hole_area > 0 else (0, 0, 0, 0)
         if n > 1:
             h, w = a.shape
             x, y, bw, bh = (stats[:, j] for j in range(4))
             inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
-            fill = (stats[:, cv2.CC_STAT_AREA] < min_area) & inner
+            fill = (stats[:, cv2.CC_STAT_AREA] < hole_area) & inner
             fill[0] = False
             # the holes component set includes the canvas itself, which touches the border or is large
             a[fill[lab]] = 1.0

@@ -26,9 +26,11 @@ class GreenPostOptions:
     screen_cells: int = 64  # resolution of the clean plate (cells on the long side)
     fg_model: bool = True  # per-pixel white point from the local foreground colour (thin/transparent structure)
     fg_model_range: tuple = (0.8, 1.3)  # clamp of that per-pixel white point
+    fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
     refine_radius: int = 2  # guided-filter radius in px (0 = off)
     refine_eps: float = 1e-3  # guided-filter regularisation (smaller keeps more edges)
-    despeckle_area: float = 2e-5  # islands/holes smaller than this fraction of the image are cleaned (0 = off)
+    despeckle_area: float = 2e-5  # faint islands smaller than this fraction of the image are removed (0 = off)
+    hole_area: float = 0.0  # key-coloured holes smaller than this fraction of the image are filled (0 = off)
     unmix_reg: float = 0.01  # ridge of the unmixing where alpha is small
     despill: float = 1.0  # despill strength 0..1
     despill_limit: str = "max"  # "max" (G <= max(R,B)) or "avg" (G <= (R+B)/2)
@@ -51,7 +53,7 @@ class GreenPostOptions:
             raise ValueError(f"white: must be above black ({opts.black}), got {opts.white}")
         if not 0.1 <= opts.gamma <= 10:
             raise ValueError(f"gamma: expected a value in [0.1, 10], got {opts.gamma!r}")
-        if opts.refine_radius < 0 or opts.despeckle_area < 0 or opts.unmix_reg <= 0:
+        if opts.refine_radius < 0 or opts.despeckle_area < 0 or opts.hole_area < 0 or opts.unmix_reg <= 0:
             raise ValueError("refine_radius and despeckle_area must be >= 0 and unmix_reg > 0")
         return opts
 
@@ -158,7 +160,7 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     r = difference_ratio(img, screen, high)
 
     # 2. foreground colour model: per-pixel white point from nearby confidently opaque pixels
-    opaque = erode((r < 0.25).float(), 3)
+    opaque = erode((r < opts.fg_opaque).float(), 3)
     white = opts.white
     fg_local = None
     if opts.fg_model:
@@ -177,8 +179,8 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         from .hq import band_matting
 
         a = band_matting(img, a, screen, high)
-    if opts.despeckle_area > 0:
-        a = despeckle(a, max(4, int(round(opts.despeckle_area * h * w))))
+    if opts.despeckle_area > 0 or opts.hole_area > 0:
+        a = despeckle(a, int(round(opts.despeckle_area * h * w)), int(round(opts.hole_area * h * w)))
 
     # 4. a given matte wins; the keyer only cleans its canvas
     if given is not None:

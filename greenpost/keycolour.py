@@ -35,11 +35,23 @@ def key_channels(key: torch.Tensor) -> torch.Tensor:
 
 def key_difference(image: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """image: [B,3,H,W] (or [B,3]) float, high: [B,3] bool -> [B,1,H,W] (or [B,1]) ``min(high) - max(low)``."""
-    shape = (high.shape[0], 3) + (1,) * (image.ndim - 2)
-    hi = high.view(shape)
-    big = torch.finfo(image.dtype).max
-    top = torch.where(hi, image, torch.full_like(image, big)).amin(dim=1, keepdim=True)
-    low = torch.where(hi, torch.full_like(image, -big), image).amax(dim=1, keepdim=True)
+    rows = high.tolist()
+    if all(row == rows[0] for row in rows):
+        return _difference(image, rows[0])
+    return torch.cat([_difference(image[i : i + 1], row) for i, row in enumerate(rows)])
+
+
+def _difference(image: torch.Tensor, row: list) -> torch.Tensor:
+    hi = [c for c in range(3) if row[c]]
+    lo = [c for c in range(3) if not row[c]]
+    top = image[:, hi[0] : hi[0] + 1]
+    for c in hi[1:]:
+        top = torch.minimum(top, image[:, c : c + 1])
+    if not lo:
+        return top - top
+    low = image[:, lo[0] : lo[0] + 1]
+    for c in lo[1:]:
+        low = torch.maximum(low, image[:, c : c + 1])
     return top - low
 
 
@@ -48,7 +60,7 @@ def key_dominance(key: torch.Tensor) -> torch.Tensor:
     return key_difference(key, key_channels(key))[:, 0]
 
 
-def _estimate_one(img: torch.Tensor, max_samples: int = 200_000) -> tuple[torch.Tensor, bool]:
+def _estimate_one(img: torch.Tensor, max_samples: int = 40_000) -> tuple[torch.Tensor, bool]:
     """img: [3,H,W] float in [0,1] -> (key [3], recognised: bool)."""
     _, h, w = img.shape
     pix = img.reshape(3, -1)
@@ -58,6 +70,7 @@ def _estimate_one(img: torch.Tensor, max_samples: int = 200_000) -> tuple[torch.
     bh, bw = max(1, h * 8 // 100), max(1, w * 8 // 100)
     frame = torch.cat([img[:, :bh].reshape(3, -1), img[:, -bh:].reshape(3, -1),
                        img[:, :, :bw].reshape(3, -1), img[:, :, -bw:].reshape(3, -1)], dim=1)
+    frame = frame[:, :: max(1, frame.shape[1] // max_samples)]
     for source in (frame, pix):
         mx, mn = source.max(dim=0).values, source.min(dim=0).values
         chroma = mx - mn

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_CONFIG = {
-    "lateral": [96, 48, 24, 16],  # 1x1 projection width per tap (strides 8, 4, 2, 1)
-    "width_8": 128,  # trunk width at 1/8
+    "lateral": [64, 32, 24, 16],  # 1x1 projection width per tap (strides 8, 4, 2, 1)
+    "width_8": 64,  # trunk width at 1/8
     "width_16": 160,  # context width at 1/16
-    "blocks_8": 2,
+    "width_32": 160,  # context width at 1/32
+    "blocks_8": 1,
     "blocks_16": 2,
-    "width_4": 48,
+    "blocks_32": 2,
+    "width_4": 32,
     "width_2": 24,
     "width_1": 16,
     "predict_fg": True,
@@ -63,6 +65,11 @@ class MattingHead(nn.Module):
         self.blocks8 = nn.Sequential(*[ResBlock(w8) for _ in range(cfg["blocks_8"])])
         self.down16 = nn.Conv2d(w8, w16, 3, stride=2, padding=1)
         self.blocks16 = nn.Sequential(*[ResBlock(w16, dilation=1 + (i % 2)) for i in range(cfg["blocks_16"])])
+        w32 = cfg["width_32"]
+        self.down32 = nn.Conv2d(w16, w32, 3, stride=2, padding=1)
+        self.blocks32 = nn.Sequential(*[ResBlock(w32, dilation=1 + (i % 2)) for i in range(cfg["blocks_32"])])
+        self.up32 = nn.Conv2d(w32, w16, 1)
+        self.merge16 = ResBlock(w16)
         self.up16 = nn.Conv2d(w16, w8, 1)
         self.merge8 = ResBlock(w8)
         self.to4 = nn.Conv2d(w8, lat[1], 1)
@@ -106,6 +113,8 @@ class MattingHead(nn.Module):
         x = F.relu(self.stem8(torch.cat([f[0], g8], 1)))
         x = self.blocks8(x)
         c = self.blocks16(F.relu(self.down16(x)))
+        d = self.blocks32(F.relu(self.down32(c)))
+        c = self.merge16(c + _up(self.up32(d), c.shape[-2:]))
         x = self.merge8(x + _up(self.up16(c), x.shape[-2:]))
         g4 = F.adaptive_avg_pool2d(guide, f[1].shape[-2:])
         x = self.stage4(torch.cat([_up(self.to4(x), f[1].shape[-2:]) + f[1], g4], 1))

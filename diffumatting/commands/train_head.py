@@ -1,12 +1,128 @@
-"""`python -m diffumatting train-head`: not implemented yet (placeholder registered so --help lists it)."""
+"""`python -m diffumatting train-head`: train a matting head on a frozen decoder (TAESD family or ComfyUI's VAE)."""
+
+from __future__ import annotations
+
+import os
 
 from ..cli import CLIError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train-head", help="(not implemented yet)")
+    p = subparsers.add_parser(
+        "train-head", help="train a matting head on a frozen VAE decoder",
+        description="Train the matting head on a frozen decoder from (fg or image, alpha) pairs composited onto "
+        "green (plus synthetic mattes), with slightly noised latents. Writes periodic checkpoints beside --out "
+        "(<out>.ckpt.safetensors) and resumes from them; the final head is a safetensors file with metadata.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--taesd", metavar="PATH", help="TAESD-family folder (*_encoder/*_decoder.safetensors), e.g. "
+                     "../shared/data/models/taef2")
+    src.add_argument("--vae", metavar="FILE", help="a VAE or checkpoint file loaded with ComfyUI (needs COMFYUI_PATH)")
+    p.add_argument("--data", action="append", default=[], metavar="DIR",
+                   help="folder of <subject>/alpha.png + fg.png|image.png (or alpha/ + fg/ folders); repeatable")
+    p.add_argument("--holdout", default="", help="comma-separated subjects to leave out of training (monitored)")
+    p.add_argument("--synthetic-only", action="store_true", help="train on synthetic mattes only")
+    p.add_argument("--out", required=True, help="final head file (.safetensors)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=192, help="training crop size in px (multiple of 8)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--buffer", type=int, default=256, help="decoded samples kept in memory")
+    p.add_argument("--refresh", type=int, default=1, help="new decoded samples per refresh")
+    p.add_argument("--refresh-every", type=int, default=1, help="steps between refreshes")
+    p.add_argument("--synthetic-fraction", type=float, default=0.5)
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
+def _comfy_backend(path: str):
+    import sys
+
+    import torch
+
+    comfy_path = os.environ.get("COMFYUI_PATH")
+    if not comfy_path or not os.path.isdir(comfy_path):
+        raise CLIError("--vae needs ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
+    if comfy_path not in sys.path:
+        sys.path.insert(0, comfy_path)
+    import comfy.sd
+    import comfy.utils
+
+    from ..matting_head.taps import TapRecorder, tap_spec
+
+    if not os.path.isfile(path):
+        raise CLIError(f"--vae: {path} does not exist")
+    sd = comfy.utils.load_torch_file(path, safe_load=True)
+    if any(k.startswith("first_stage_model.") for k in sd):
+        sd = comfy.utils.state_dict_prefix_replace(sd, {"first_stage_model.": ""}, filter_keys=True)
+    vae = comfy.sd.VAE(sd=sd)
+
+    class ComfyBackend:
+        def __init__(self):
+            self.spec = tap_spec(vae.first_stage_model)
+
+        def info(self):
+            return {**self.spec.info(), "name": os.path.basename(path)}
+
+        @torch.no_grad()
+        def encode(self, image):
+            return vae.encode(image.movedim(1, -1)).float()
+
+        @torch.no_grad()
+        def decode_taps(self, latent, transforms=None):
+            with TapRecorder(self.spec.modules, transforms) as rec:
+                out = vae.first_stage_model.decode(latent.to(vae.vae_dtype).to(vae.device))
+                rgb = vae.process_output(out).float().cpu()
+            return rgb, [t.float().cpu() for t in rec.take()]
+
+    return ComfyBackend()
+
+
 def run(args) -> int:
-    raise CLIError("'train-head' is not implemented yet")
+    import torch
+
+    from ..matting_head.data import load_pairs
+    from ..matting_head.evaluate import make_monitor, prepare_eval
+    from ..matting_head.taesd import load_tiny_autoencoder
+    from ..matting_head.train import TaesdBackend, TrainConfig, train_head
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.out.endswith(".safetensors"):
+        raise CLIError("--out: expected a .safetensors file name")
+    if args.crop % 8 or args.crop < 64:
+        raise CLIError("--crop: expected a multiple of 8, at least 64")
+    try:
+        if args.taesd:
+            ae = load_tiny_autoencoder(args.taesd)
+            if ae.encoder is None:
+                raise CLIError(f"--taesd: {args.taesd} has no encoder weights (training needs both halves)")
+            backend = TaesdBackend(ae, name=ae.name)
+        else:
+            backend = _comfy_backend(args.vae)
+        holdout = [s for s in args.holdout.split(",") if s]
+        pairs, held = [], []
+        for d in args.data:
+            for p in load_pairs(d):
+                (held if p.name in holdout else pairs).append(p)
+        missing = sorted(set(holdout) - {p.name for p in held})
+        if missing:
+            raise CLIError(f"--holdout: subjects {missing} not found in --data")
+        if args.synthetic_only:
+            pairs = []
+        if not pairs and args.synthetic_fraction <= 0:
+            raise CLIError("no training pairs: give --data or a positive --synthetic-fraction")
+        cfg = TrainConfig(out=args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
+                          buffer=args.buffer, buffer_init=min(args.buffer, max(args.batch, 64)),
+                          refresh=args.refresh, refresh_every=args.refresh_every, synthetic_fraction=1.0 if not pairs else args.synthetic_fraction,
+                          ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
+                          notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
+        monitor = make_monitor(prepare_eval(backend, held)) if held else None
+        train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    return 0

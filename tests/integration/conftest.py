@@ -243,7 +243,11 @@ def build_models(family: str, unet_config: dict, vae_ddconfig: dict, text_config
     clip = comfy.sd.CLIP(target=model_config.clip_target(), model_options=te_options)
     init_random_weights(clip.cond_stage_model, seed + 1)
 
-    vae = comfy.sd.VAE(sd={}, config={"params": {"embed_dim": 4, "ddconfig": dict(vae_ddconfig)}})
+    logging.disable(logging.WARNING)  # an empty state dict makes ComfyUI list every VAE key as missing
+    try:
+        vae = comfy.sd.VAE(sd={}, config={"params": {"embed_dim": 4, "ddconfig": dict(vae_ddconfig)}})
+    finally:
+        logging.disable(logging.NOTSET)
     init_random_weights(vae.first_stage_model, seed + 2)
     return model, clip, vae, model_config
 
@@ -288,7 +292,8 @@ def tiny_sdxl(comfy):
 @pytest.fixture(scope="session")
 def random_sd15_checkpoint(comfy):
     """File name (in the checkpoints folder) of a full-size SD1.5 checkpoint with random weights, built once."""
-    import comfy.sd
+    models_dir = comfy.models_dir
+    import comfy.sd  # noqa: F811  (the module, from here on)
 
     name = "random_sd15.safetensors"
     cached = CACHE_DIR / name
@@ -305,7 +310,7 @@ def random_sd15_checkpoint(comfy):
         comfy.sd.save_checkpoint(str(partial), model, clip, vae, metadata={"diffumatting": "random test checkpoint"})
         os.replace(partial, cached)
         del model, clip, vae
-    link = comfy.models_dir / "checkpoints" / name
+    link = models_dir / "checkpoints" / name
     if not link.exists():
         link.symlink_to(cached)
     return name

@@ -1,0 +1,46 @@
+"""Held-out evaluation helpers for the head (used by the training monitor and the benchmark)."""
+
+from __future__ import annotations
+
+import torch
+
+from .data import PURE_GREEN, Pair, composite, crop_to_multiple, green_canvas
+from .keyer import colour_difference_alpha
+
+
+@torch.no_grad()
+def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_GREEN, seed: int = 1234,
+                 keep_taps: bool = True) -> list[dict]:
+    """Composite each pair on a canvas, encode, decode with taps -> list of dicts (name, rgb, taps, alpha, key)."""
+    out = []
+    for i, p in enumerate(pairs):
+        fg, a = crop_to_multiple(p.fg), crop_to_multiple(p.alpha)
+        g = torch.Generator().manual_seed(seed + i)
+        canvas = green_canvas(a.shape[-2], a.shape[-1], key, realistic, g)
+        image = composite(fg, a, canvas)[None]
+        z = backend.encode(image)
+        rgb, taps = backend.decode_taps(z)
+        out.append({"name": p.name, "rgb": rgb, "taps": [t.half() for t in taps] if keep_taps else None,
+                    "alpha": a[None], "key": torch.as_tensor(key, dtype=torch.float32)[None], "image": image,
+                    "latent": z})
+    return out
+
+
+@torch.no_grad()
+def head_alpha(head, item: dict) -> torch.Tensor:
+    ka = colour_difference_alpha(item["rgb"], item["key"])
+    return head([t.float() for t in item["taps"]], item["rgb"], ka)["alpha"]
+
+
+def make_monitor(prepared: list[dict]):
+    """-> monitor(head) -> {"heldout_mse", "heldout_key_mse", "ratio"} (mean over subjects)."""
+    key_mse = [torch.mean((colour_difference_alpha(it["rgb"], it["key"]) - it["alpha"]) ** 2).item()
+               for it in prepared]
+
+    def monitor(head):
+        mses = [torch.mean((head_alpha(head, it) - it["alpha"]) ** 2).item() for it in prepared]
+        m, k = sum(mses) / len(mses), sum(key_mse) / len(key_mse)
+        return {"heldout_mse": m, "heldout_key_mse": k, "ratio": m / k,
+                "per_subject": {it["name"]: round(x, 6) for it, x in zip(prepared, mses)}}
+
+    return monitor

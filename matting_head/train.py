@@ -1,0 +1,327 @@
+"""Head training on a frozen decoder: green composites -> encode -> (slightly noised) latent -> decode with taps ->
+head -> alpha, against the ground truth. Samples are produced into a buffer that is partly refreshed every step
+(the frozen encoder/decoder cost far more than the head, so each decoded sample is reused several times).
+Checkpoints (head, optimiser, step, RNG) are written atomically every ``ckpt_every`` steps; ``resume`` continues
+from the last one, so a killed run loses at most one interval. The final head is written with metadata."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..common.files import atomic_path
+from .data import Pair, composite, green_canvas, jitter_colour, random_crop, random_key
+from .keyer import colour_difference_alpha
+from .network import MattingHead
+from .taps import TapRecorder, tap_spec
+from .weights import save_head
+
+
+@dataclass
+class TrainConfig:
+    out: str  # final head file (.safetensors); checkpoints go to <out>.ckpt.safetensors
+    steps: int = 4000
+    batch: int = 8
+    crop: int = 192
+    lr: float = 1e-3
+    buffer: int = 256
+    buffer_init: int = 64
+    refresh: int = 1  # new samples per refresh
+    refresh_every: int = 1  # steps between refreshes
+    synthetic_fraction: float = 0.5
+    realistic_fraction: float = 0.5
+    noise_fraction: float = 0.5
+    noise_max: float = 0.15  # latent noise sigma, relative to the latent's std
+    ckpt_every: int = 100
+    seed: int = 0
+    max_minutes: float = 0.0  # stop (with a checkpoint and a final file) after this long; 0 = no limit
+    head_config: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # extra training description for the metadata
+
+
+class TaesdBackend:
+    """A TAESD-family autoencoder as a training/benchmark backend (images [0,1], latents raw)."""
+
+    def __init__(self, ae, name: str = "taesd"):
+        self.ae = ae
+        self.spec = tap_spec(ae.decoder)
+        self.name = name
+
+    def info(self) -> dict:
+        return {**self.spec.info(), "name": self.name}
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.ae.encode(image)
+
+    @torch.no_grad()
+    def decode_taps(self, latent: torch.Tensor, transforms=None):
+        with TapRecorder(self.spec.modules, transforms) as rec:
+            rgb = self.ae.decode(latent)
+        return rgb, rec.take()
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.ae.decode(latent)
+
+
+def _synthetic_source():
+    """The project's synthetic_matte if importable and working, else our procedural generator."""
+    from .procedural import procedural_matte
+
+    try:
+        from ..synthetic import synthetic_matte  # noqa: WPS433
+        fg, a = synthetic_matte(64, 0)
+        if fg.shape == (3, 64, 64) and a.shape == (1, 64, 64):
+            return [synthetic_matte, procedural_matte]
+    except Exception:  # the module may not exist yet or be mid-edit; our own generator suffices
+        pass
+    return [procedural_matte]
+
+
+class SampleMaker:
+    def __init__(self, backend, pairs: list[Pair], cfg: TrainConfig, generator: torch.Generator):
+        self.backend, self.pairs, self.cfg, self.g = backend, pairs, cfg, generator
+        self.synth = _synthetic_source()
+
+    def _pair(self):
+        g, size = self.g, self.cfg.crop
+        if not self.pairs or torch.rand(1, generator=g).item() < self.cfg.synthetic_fraction:
+            fn = self.synth[int(torch.randint(len(self.synth), (1,), generator=g))]
+            big = int(size * (1 + torch.rand(1, generator=g).item()))
+            fg, a = fn(big, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
+            return random_crop(fg, a, size, g, scale=(size / big, 1.0), focus_edges=0.3)
+        p = self.pairs[int(torch.randint(len(self.pairs), (1,), generator=g))]
+        return random_crop(p.fg, p.alpha, size, g, scale=(0.3, 1.0))
+
+    @torch.no_grad()
+    def make(self, n: int) -> list[dict]:
+        g = self.g
+        fgs, alphas, keys, canvases = [], [], [], []
+        for _ in range(n):
+            fg, a = self._pair()
+            fg = jitter_colour(fg, g)
+            key = random_key(g)
+            realistic = torch.rand(1, generator=g).item() < self.cfg.realistic_fraction
+            canvas = green_canvas(fg.shape[-2], fg.shape[-1], key, realistic, g)
+            fgs.append(fg), alphas.append(a), keys.append(key), canvases.append(canvas)
+        fg, a, canvas = torch.stack(fgs), torch.stack(alphas), torch.stack(canvases)
+        image = composite(fg, a, canvas)
+        z = self.backend.encode(image)
+        for i in range(n):
+            if torch.rand(1, generator=g).item() < self.cfg.noise_fraction:
+                sigma = self.cfg.noise_max * torch.rand(1, generator=g).item() * z[i].std()
+                z[i] = z[i] + sigma * torch.randn(z[i].shape, generator=g)
+        rgb, taps = self.backend.decode_taps(z)
+        out = []
+        for i in range(n):
+            out.append({"taps": [t[i].half() for t in taps], "rgb": rgb[i].half(), "alpha": a[i].half(),
+                        "fg": fg[i].half(), "canvas": canvas[i].half(), "key": keys[i]})
+        return out
+
+
+def _band(alpha: torch.Tensor, r: int) -> torch.Tensor:
+    """Transition band: dilate(0 < alpha < 1) by r px -> [B,1,H,W] in {0,1}."""
+    part = ((alpha > 0.01) & (alpha < 0.99)).float()
+    return F.max_pool2d(part, 2 * r + 1, 1, r)
+
+
+def _laplacian_l1(pred, gt, levels=5, weight=None):
+    """L1 of a Laplacian pyramid (2x2 box pyramid, nearest expand) of the error; cheap on CPU."""
+    err = pred - gt
+    loss = 0.0
+    for i in range(levels):
+        if min(err.shape[-2:]) < 2:
+            break
+        low = F.avg_pool2d(err, 2, ceil_mode=True)
+        band = err - F.interpolate(low, size=err.shape[-2:], mode="nearest")
+        d = band.abs() if weight is None else band.abs() * weight
+        loss = loss + (2 ** i) * d.mean()
+        err = low
+        weight = None if weight is None else F.max_pool2d(weight, 2, ceil_mode=True)
+    return loss / levels
+
+
+def _grad(x):
+    return x[..., 1:, :-1] - x[..., :-1, :-1], x[..., :-1, 1:] - x[..., :-1, :-1]
+
+
+def head_loss(out: dict, alpha, fg, canvas, image) -> tuple[torch.Tensor, dict]:
+    """Method.md's head loss: L1 + Laplacian-pyramid L1 + 0.5 Sobel-gradient L1 (band x3) + composition (+ fg L1)."""
+    pred = out["alpha"]
+    w = 1 + 2 * _band(alpha, max(2, alpha.shape[-1] // 50))
+    l1 = (w * (pred - alpha).abs()).mean()
+    l2 = (w * (pred - alpha) ** 2).mean() * 4
+    lap = _laplacian_l1(pred, alpha, 5, w)
+    (py, px), (gy, gx) = _grad(pred), _grad(alpha)
+    grad = (w[..., :-1, :-1] * ((py - gy).abs() + (px - gx).abs())).mean()
+    comp = (pred * fg + (1 - pred) * canvas - image).abs().mean()
+    total = l1 + l2 + lap + 0.5 * grad + comp
+    parts = {"l1": l1.item(), "l2": l2.item(), "lap": lap.item(), "grad": grad.item(), "comp": comp.item()}
+    if "fg" in out:
+        fgl = (alpha * (out["fg"] - fg).abs()).sum() / alpha.sum().clamp_min(1) / 3
+        total = total + 0.5 * fgl
+        parts["fg"] = fgl.item()
+    return total, parts
+
+
+def batch_from_buffer(buffer: list[dict], idx: list[int], dtype=torch.float32):
+    s = [buffer[i] for i in idx]
+    taps = [torch.stack([x["taps"][k] for x in s]).to(dtype).contiguous(memory_format=torch.channels_last)
+            for k in range(4)]
+    get = lambda key: torch.stack([x[key] for x in s]).to(dtype)  # noqa: E731
+    keys = torch.stack([x["key"] for x in s]).to(dtype)
+    return taps, get("rgb"), get("alpha"), get("fg"), get("canvas"), keys
+
+
+# ---- checkpoints (safetensors: head + Adam moments; JSON metadata: step, config, RNG)
+
+def _ckpt_path(cfg: TrainConfig) -> str:
+    base = cfg.out[: -len(".safetensors")] if cfg.out.endswith(".safetensors") else cfg.out
+    return base + ".ckpt.safetensors"
+
+
+def save_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
+                    g: torch.Generator, elapsed: float, log: list) -> None:
+    from safetensors.torch import save_file
+
+    sd = {f"head.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    names = {id(p): n for n, p in head.named_parameters()}
+    opt_steps = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                n = names[id(p)]
+                sd[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous().cpu()
+                sd[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous().cpu()
+                opt_steps[n] = float(st["step"])
+    sd["rng.generator"] = g.get_state()
+    meta = {"step": str(step), "config": json.dumps(asdict(cfg)), "opt_steps": json.dumps(opt_steps),
+            "elapsed": str(elapsed), "log": json.dumps(log[-200:]), "torch_rng": "1"}
+    sd["rng.torch"] = torch.get_rng_state()
+    with atomic_path(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
+
+
+def load_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, g: torch.Generator):
+    """-> (step, elapsed seconds, log). Raises ValueError for a corrupt or foreign checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise ValueError(f"resume: {path} is not a readable checkpoint ({exc})") from exc
+    if "step" not in meta:
+        raise ValueError(f"resume: {path} is not a head-training checkpoint (no 'step' metadata)")
+    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
+    opt_steps = json.loads(meta.get("opt_steps", "{}"))
+    for n, p in head.named_parameters():
+        if f"opt.{n}.exp_avg" in sd:
+            opt.state[p] = {"step": torch.tensor(opt_steps.get(n, 0.0)), "exp_avg": sd[f"opt.{n}.exp_avg"].clone(),
+                            "exp_avg_sq": sd[f"opt.{n}.exp_avg_sq"].clone()}
+    g.set_state(sd["rng.generator"])
+    torch.set_rng_state(sd["rng.torch"])
+    return int(meta["step"]), float(meta.get("elapsed", 0)), json.loads(meta.get("log", "[]"))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    warm = min(200, cfg.steps // 10)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True, progress: bool = True,
+               monitor=None, log_fn=print) -> str:
+    """Train a head for ``backend`` on ``pairs`` (+ synthetic mattes); returns the path of the final head file.
+
+    ``monitor(head) -> dict`` (optional) is called at every checkpoint; its numbers go into the log."""
+    if cfg.batch > cfg.buffer or cfg.buffer_init > cfg.buffer:
+        raise ValueError("batch and buffer_init must not exceed buffer")
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    info = backend.info()
+    head = MattingHead(info["tap_channels"], cfg.head_config).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    ckpt = _ckpt_path(cfg)
+    step, elapsed, log = 0, 0.0, []
+    if resume and os.path.isfile(ckpt):
+        step, elapsed, log = load_checkpoint(ckpt, head, opt, g)
+        log_fn(f"resumed from {ckpt} at step {step}")
+    maker = SampleMaker(backend, pairs, cfg, g)
+    buffer: list[dict] = []
+    while len(buffer) < cfg.buffer_init:
+        buffer += maker.make(min(4, cfg.buffer_init - len(buffer)))
+    start = time.time() - elapsed
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train-head", unit="step", dynamic_ncols=True)
+    head.train()
+    running = None
+    stop_reason = "done"
+    while step < cfg.steps:
+        if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
+            stop_reason = "time limit"
+            break
+        new = maker.make(cfg.refresh) if cfg.refresh and step % cfg.refresh_every == 0 else []
+        for s in new:
+            if len(buffer) < cfg.buffer:
+                buffer.append(s)
+            else:
+                buffer[int(torch.randint(len(buffer), (1,), generator=g))] = s
+        idx = torch.randperm(len(buffer), generator=g)[: cfg.batch].tolist()
+        taps, rgb, alpha, fg, canvas, keys = batch_from_buffer(buffer, idx)
+        ka = colour_difference_alpha(rgb, keys)
+        image = composite(fg, alpha, canvas)
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, cfg)
+        out = head(taps, rgb, ka)
+        loss, parts = head_loss(out, alpha, fg, canvas, image)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"train-head: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+        step += 1
+        mse = F.mse_loss(out["alpha"].detach(), alpha).item()
+        key_mse = F.mse_loss(ka, alpha).item()
+        running = (mse, key_mse) if running is None else (0.98 * running[0] + 0.02 * mse,
+                                                          0.98 * running[1] + 0.02 * key_mse)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{running[0]:.2e}", key=f"{running[1]:.2e}")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            entry = {"step": step, "minutes": round((time.time() - start) / 60, 2), "train_mse": running[0],
+                     "train_key_mse": running[1]}
+            if monitor is not None:
+                head.eval()
+                entry.update(monitor(head))
+                head.train()
+            log.append(entry)
+            log_fn(json.dumps(entry))
+            save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log)
+    if bar is not None:
+        bar.close()
+    save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log)
+    head.eval()
+    training = {"steps": step, "planned_steps": cfg.steps, "minutes": round((time.time() - start) / 60, 1),
+                "stopped": stop_reason, "crop": cfg.crop, "batch": cfg.batch,
+                "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
+                "synthetic_sources": [f.__module__ + "." + f.__name__ for f in maker.synth],
+                "noise_max": cfg.noise_max, **cfg.notes}
+    save_head(cfg.out, head, info, training)
+    log_fn(f"wrote {cfg.out} ({stop_reason}, step {step})")
+    return cfg.out

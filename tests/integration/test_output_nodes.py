@@ -1,0 +1,172 @@
+"""AlphaComposite, SaveRGBA, PreviewRGBA and SaveMattingDataset inside a real ComfyUI (in-process prompts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffumatting.common.images import load_image, read_png_text
+from diffumatting.compositing import alpha_over
+from diffumatting.dataset import read_webm_rgba
+
+
+def _img(node_id, w=64, h=48, batch=1, kind="greenscreen"):
+    return {node_id: {"class_type": "DMTestImage", "inputs": {"width": w, "height": h, "batch": batch, "kind": kind}}}
+
+
+def _capture(node_id, src, key):
+    return {node_id: {"class_type": "DMTestCapture", "inputs": {"value": src, "key": key}}}
+
+
+COMPOSITE = {"x": 0.5, "y": 0.5, "scale": 1.0, "anchor": "center", "premultiplied": False, "linear_light": False,
+             "light_wrap": 0.0, "light_wrap_radius": 8.0, "invert_alpha": False}
+
+
+def _output_dir(comfy) -> Path:
+    return Path(comfy.folder_paths.get_output_directory())
+
+
+def test_alpha_composite_node_matches_core(comfy, run_prompt):
+    prompt = {
+        **_img("1"), **_img("2", batch=3, kind="background"),
+        "3": {"class_type": "DiffuMattingAlphaComposite",
+              "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "background": ["2", 0], "x": 0.5, "y": 0.5, "scale": 1.0,
+                         "anchor": "center", "premultiplied": False, "linear_light": False, "light_wrap": 0.0,
+                         "light_wrap_radius": 8.0, "invert_alpha": False}},
+        **_capture("4", ["3", 0], "image"), **_capture("5", ["3", 1], "alpha"), **_capture("6", ["3", 2], "mask"),
+        **_capture("7", ["1", 0], "fg"), **_capture("8", ["1", 1], "fg_alpha"), **_capture("9", ["2", 0], "bg"),
+    }
+    out = run_prompt(prompt)
+    assert out["image"].shape == (3, 48, 64, 3)  # one object broadcast over three frames
+    expected = alpha_over(out["fg"].movedim(-1, 1), out["fg_alpha"][:, None], out["bg"].movedim(-1, 1))
+    assert torch.allclose(out["image"], expected.movedim(1, -1), atol=1e-5)
+    assert torch.allclose(out["alpha"], out["fg_alpha"].expand(3, -1, -1))
+    assert torch.allclose(out["mask"], 1 - out["alpha"])
+
+
+def test_alpha_composite_batch_mismatch_error(comfy, run_prompt):
+    prompt = {
+        **_img("1", batch=2), **_img("2", batch=3, kind="background"),
+        "3": {"class_type": "DiffuMattingAlphaComposite",
+              "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "background": ["2", 0], **COMPOSITE}},
+        **_capture("4", ["3", 0], "image"),
+    }
+    err = run_prompt(prompt, expect_error=True)["execution_error"]
+    assert "batch sizes do not match" in err["exception_message"]
+
+
+def test_save_rgba_png16_with_metadata(comfy, run_prompt):
+    prompt = {
+        **_img("1", batch=2),
+        "2": {"class_type": "DiffuMattingSaveRGBA",
+              "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "filename_prefix": "t16/obj", "format": "png16",
+                         "fps": 24.0, "crf": 20}},
+        **_capture("3", ["1", 1], "alpha"),
+    }
+    out = run_prompt(prompt, extra_pnginfo={"workflow": {"nodes": []}})
+    files = sorted((_output_dir(comfy) / "t16").glob("obj_*.png"))
+    assert len(files) == 2
+    loaded = load_image(files[1])
+    assert loaded.bit_depth == 16 and loaded.source_mode == "rgba"
+    assert (loaded.alpha[0] - out["alpha"][1]).abs().max() <= 1 / 65535
+    text = read_png_text(files[0])
+    assert json.loads(text["prompt"])["2"]["class_type"] == "DiffuMattingSaveRGBA"
+    assert json.loads(text["workflow"]) == {"nodes": []}
+    ui = out["_history"]["outputs"]["2"]["images"]
+    assert [r["filename"] for r in ui] == [f.name for f in files]
+
+
+def test_save_rgba_respects_disable_metadata(comfy, run_prompt, monkeypatch):
+    from comfy.cli_args import args
+
+    monkeypatch.setattr(args, "disable_metadata", True)
+    prompt = {**_img("1"), "2": {"class_type": "DiffuMattingSaveRGBA",
+                                 "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "filename_prefix": "nometa/obj",
+                                            "format": "png", "fps": 24.0, "crf": 20}}}
+    run_prompt(prompt, extra_pnginfo={"workflow": {"nodes": []}})
+    (file,) = (_output_dir(comfy) / "nometa").glob("obj_*.png")
+    assert read_png_text(file) == {}
+
+
+def test_save_rgba_webm_and_sequence(comfy, run_prompt):
+    prompt = {
+        **_img("1", batch=3),
+        "2": {"class_type": "DiffuMattingSaveRGBA",
+              "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "filename_prefix": "vid/clip", "format": "webm",
+                         "fps": 12.0, "crf": 10}},
+        "3": {"class_type": "DiffuMattingSaveRGBA",
+              "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "filename_prefix": "seq/clip", "format": "png_sequence",
+                         "fps": 12.0, "crf": 10}},
+        **_capture("4", ["1", 1], "alpha"),
+    }
+    out = run_prompt(prompt)
+    (webm,) = (_output_dir(comfy) / "vid").glob("clip_*.webm")
+    _, alpha = read_webm_rgba(webm)
+    assert alpha.shape == (3, 1, 48, 64)
+    assert (alpha[:, 0] - out["alpha"]).abs().mean() < 0.02
+    frames = sorted((_output_dir(comfy) / "seq").glob("clip_*_/frame_*.png"))
+    assert [f.name for f in frames] == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
+    assert out["_history"]["outputs"]["2"]["animated"] == [True]
+
+
+def test_preview_rgba_on_checkerboard(comfy, run_prompt):
+    prompt = {
+        **_img("1"),
+        "2": {"class_type": "DiffuMattingPreviewRGBA", "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "square": 8}},
+        **_capture("3", ["2", 0], "preview"), **_capture("4", ["1", 1], "alpha"),
+    }
+    out = run_prompt(prompt)
+    preview, alpha = out["preview"], out["alpha"]
+    assert preview.shape == (1, 48, 64, 3)
+    # a fully transparent corner shows the light checker grey
+    assert alpha[0, 0, 0] == 0 and torch.allclose(preview[0, 0, 0], torch.full((3,), 0.8))
+    assert out["_history"]["outputs"]["2"]["images"][0]["type"] == "temp"
+
+
+def test_save_matting_dataset_node(comfy, run_prompt):
+    def prompt(name, fg_node, batch=2, seed=42):
+        return {
+            **_img("1", batch=batch), **_img("9", batch=batch, kind="background"),
+            "2": {"class_type": "DiffuMattingSaveMattingDataset",
+                  "inputs": {"image": ["1", 0], "fg": [fg_node, 0], "alpha": ["1", 1], "folder": "ds_node",
+                             "name": name, "prompt": "a striped disc", "seed": seed, "model": "tiny",
+                             "key_colour": "auto", "alpha_bits": "16", "quality_gate": True, "max_key_residue": 0.01,
+                             "max_border_alpha": 0.02, "min_coverage": 0.01, "max_coverage": 0.9, "trimap_radius": 4}},
+            **_capture("3", ["2", 0], "accepted"), **_capture("4", ["2", 1], "rejected"), **_capture("5", ["2", 2], "report"),
+        }
+
+    # fg without any green (the test backdrop) passes the gate
+    out = run_prompt(prompt("disc", "9"))
+    assert out["accepted"] == 2 and out["rejected"] == 0, out["report"]
+    root = _output_dir(comfy) / "ds_node"
+    rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["disc_b0", "disc_b1"]
+    assert rows[0]["seed"] == 42 and rows[0]["prompt"] == "a striped disc" and rows[0]["model"] == "tiny"
+    assert rows[0]["key_colour"] == "#00b040"  # estimated from the canvas
+    assert load_image(root / "alpha" / "disc_b0.png").bit_depth == 16
+    # same names again (another seed, so ComfyUI's cache does not answer): skipped, nothing duplicated
+    out = run_prompt(prompt("disc", "9", seed=43))
+    assert out["accepted"] == 0 and "skipped" in out["report"]
+    assert len((root / "metadata.jsonl").read_text().splitlines()) == 2
+    # the unkeyed picture as "fg" still has canvas green in its soft edge: rejected and counted
+    out = run_prompt(prompt("raw", "1", batch=1))
+    assert out["accepted"] == 0 and out["rejected"] == 1 and "key_residue" in out["report"]
+    assert not (root / "image" / "raw.png").exists()
+    assert json.loads((root / "rejected.jsonl").read_text().splitlines()[0])["name"] == "raw"
+    assert json.loads((root / "stats.json").read_text())["counts"]["rejected_key_residue"] == 1
+
+
+def test_save_matting_dataset_refuses_outside_folder(comfy, run_prompt):
+    prompt = {
+        **_img("1"),
+        "2": {"class_type": "DiffuMattingSaveMattingDataset",
+              "inputs": {"image": ["1", 0], "fg": ["1", 0], "alpha": ["1", 1], "folder": "../escape", "name": "",
+                         "prompt": "", "seed": 0, "model": "", "key_colour": "green", "alpha_bits": "8",
+                         "quality_gate": True, "max_key_residue": 0.01, "max_border_alpha": 0.02,
+                         "min_coverage": 0.01, "max_coverage": 0.9, "trimap_radius": 4}},
+    }
+    err = run_prompt(prompt, expect_error=True)["execution_error"]
+    assert "outside ComfyUI's output folder" in err["exception_message"]

@@ -1,0 +1,533 @@
+"""The LoRA training loop: joint DiffuMatting loss, mixed precision, gradient accumulation, checkpoints, resume.
+
+Python API: ``train(model_patcher, clip, vae, dataset, options) -> TrainResult`` with ComfyUI objects already in
+memory (``MODEL``/``CLIP``/``VAE``, from a checkpoint or built in tests); the CLI (``python -m diffumatting
+train``) loads them from a checkpoint file with :mod:`trainer.comfy_runtime`.
+
+Each step: green composites -> VAE latents (model space), random timesteps and noise, ``x_t``; the UNet (with
+the LoRA hooked in) predicts ``x0_hat`` through ComfyUI's own ``BaseModel.apply_model``, which also runs an
+``attn2_patch`` that records the key-colour token's cross-attention with
+``green_control.attention.cross_attention_probs`` (the GreenControl node's code) at the chosen levels; the maps
+are aggregated with ``green_control.mask.aggregate_attention`` into ``A_g``. Loss: :func:`trainer.losses.joint_loss`.
+
+Reproducibility and resume: every random draw of optimizer step ``s`` (sample order, augmentation, caption
+dropout, timesteps, noise) is a function of ``(seed, s)``, so a run resumed from a checkpoint continues exactly
+as the uninterrupted run would. Checkpoints (LoRA + optimizer + step, one safetensors file) are written every
+``checkpoint_every`` steps to a temporary file and renamed, so a kill loses at most one interval and never leaves
+a corrupt file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..common.files import atomic_path, atomic_write_text
+from ..green_control.attention import cross_attention_probs
+from ..green_control.mask import aggregate_attention
+from ..green_control.tokens import find_word_positions, key_word_for
+from .data import collate
+from .losses import LossWeights, abar_from_sigma, joint_loss
+from .lora import TARGET_KINDS, LoRANetwork
+
+log = logging.getLogger("diffumatting.trainer")
+
+CKPT_DIR = "checkpoints"
+CKPT_PREFIX = "step_"
+LORA_NAME = "diffumatting_green_lora.safetensors"
+# Options that must match between a checkpoint and the run that resumes it.
+_RESUME_KEYS = ("rank", "alpha", "conv_rank", "targets", "batch_size", "grad_accum", "seed", "attn_levels")
+
+
+@dataclass
+class TrainOptions:
+    """Training options (the CLI exposes every one; see ``python -m diffumatting train --help``)."""
+
+    out_dir: str = "out/train"
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup: int = 0  # linear warm-up steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    rank: int = 16
+    alpha: float | None = None  # None = rank (scale 1)
+    conv_rank: int | None = 8
+    targets: tuple = ("attn", "conv")
+    weights: LossWeights = field(default_factory=LossWeights)
+    attn_levels: tuple = (2, 4)  # record the green token at blocks 1/2 and 1/4 of the latent size
+    key_word: str | None = None  # None = the word of the data's key colour ("green")
+    t_min: int = 0
+    t_max: int = 999
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = True
+    lora_name: str = LORA_NAME
+    save_dtype: str = "fp16"  # fp16 | bf16 | fp32 for the exported LoRA
+    progress: bool = True
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        def pos_int(name, v, minimum=1):
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+
+        for name in ("steps", "batch_size", "grad_accum", "rank", "checkpoint_every", "keep_checkpoints", "log_every"):
+            pos_int(name, getattr(self, name))
+        pos_int("warmup", self.warmup, 0)
+        if self.conv_rank is not None:
+            pos_int("conv_rank", self.conv_rank)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: expected a finite learning rate > 0, got {self.lr!r}")
+        if not self.weight_decay >= 0 or not self.max_grad_norm >= 0:
+            raise ValueError("weight_decay/max_grad_norm: expected numbers >= 0")
+        self.targets = tuple(self.targets)
+        if not self.targets or any(t not in TARGET_KINDS for t in self.targets):
+            raise ValueError(f"targets: expected a non-empty subset of {TARGET_KINDS}, got {self.targets!r}")
+        self.attn_levels = tuple(int(v) for v in self.attn_levels)
+        if not self.attn_levels or any(v < 1 for v in self.attn_levels):
+            raise ValueError(f"attn_levels: expected downsampling factors >= 1 (e.g. 2,4), got {self.attn_levels!r}")
+        if not 0 <= self.t_min <= self.t_max <= 999:
+            raise ValueError(f"t_min/t_max: expected 0 <= t_min <= t_max <= 999, got {self.t_min}, {self.t_max}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: expected auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.save_dtype not in ("fp16", "bf16", "fp32"):
+            raise ValueError(f"save_dtype: expected fp16, bf16 or fp32, got {self.save_dtype!r}")
+        if isinstance(self.weights, dict):
+            self.weights = LossWeights(**self.weights)
+        if not self.lora_name.endswith(".safetensors") or os.sep in self.lora_name:
+            raise ValueError(f"lora_name: expected a file name ending in .safetensors, got {self.lora_name!r}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        d["attn_levels"] = list(self.attn_levels)
+        return d
+
+
+@dataclass
+class TrainResult:
+    lora_path: str
+    steps: int  # optimizer steps done in total (including those before a resume)
+    resumed_from: int  # 0 when the run started fresh
+    history: list  # per-step dicts of loss terms (this process only)
+    seconds: float
+    skipped_samples: int
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ComfyUI glue (objects are passed in; only their public attributes are used)
+
+
+def _attn2_module(unet, block, block_index: int):
+    """ComfyUI UNet + ``extra_options["block"]`` (("input"|"middle"|"output", id)) -> that block's attn2 module."""
+    kind, idx = block
+    seq = unet.input_blocks[idx] if kind == "input" else unet.middle_block if kind == "middle" else unet.output_blocks[idx]
+    for layer in seq:
+        if hasattr(layer, "transformer_blocks"):
+            return layer.transformer_blocks[block_index].attn2
+    raise ValueError(f"block {block}: no transformer in this UNet block")
+
+
+def _inv_vocab(clip) -> dict:
+    tok = clip.tokenizer
+    inner = getattr(tok, "clip_l", None) or getattr(tok, getattr(tok, "clip", ""), None)
+    vocab = getattr(inner, "inv_vocab", None)
+    if vocab is None:
+        raise ValueError("clip: its tokenizer has no CLIP vocabulary (expected an SD1.x/SDXL CLIP)")
+    return vocab
+
+
+class PromptEncoder:
+    """Prompts -> (cond [B,L,D], token positions of the key word per prompt, each prompt's own length).
+
+    Embeddings are cached per prompt (CLIP is frozen). Prompts of different lengths (77 * k tokens) are batched by
+    repeating each to the common length, as ComfyUI does; the attention code sums the copies (``cond_len``).
+    """
+
+    def __init__(self, clip, word: str):
+        self.clip = clip
+        self.word = word
+        self.vocab = _inv_vocab(clip)
+        self.cache: dict[str, tuple[torch.Tensor, list[int] | None]] = {}
+        self.missing_word = 0
+
+    def one(self, prompt: str) -> tuple[torch.Tensor, list[int] | None]:
+        if prompt not in self.cache:
+            tokens = self.clip.tokenize(prompt)
+            chunks = tokens.get("l") or next(iter(tokens.values()))
+            ids: list[int] | None = None
+            if prompt:
+                try:
+                    ids = find_word_positions(chunks, self.vocab, self.word, last=1)
+                except ValueError:
+                    self.missing_word += 1
+                    log.warning("prompt %r lacks the key-colour word %r: no attention loss for it", prompt, self.word)
+            cond = self.clip.encode_from_tokens(tokens)
+            self.cache[prompt] = (cond.detach().float().cpu(), ids)
+        return self.cache[prompt]
+
+    def batch(self, prompts: list[str]):
+        items = [self.one(p) for p in prompts]
+        lens = [c.shape[1] for c, _ in items]
+        length = math.lcm(*lens)
+        conds = [c.repeat(1, length // c.shape[1], 1) for c, _ in items]
+        return torch.cat(conds), [ids for _, ids in items], lens
+
+
+class GreenTrainer:
+    """Holds the model, LoRA, optimizer and encoders; :meth:`step` runs one optimizer step."""
+
+    def __init__(self, model_patcher, clip, vae, dataset, options: TrainOptions):
+        import comfy.model_management as mm
+
+        self.mm = mm
+        self.opts = options
+        self.patcher = model_patcher
+        self.clip = clip
+        self.vae = vae
+        self.dataset = dataset
+        self.base = model_patcher.model
+        unet_cfg = getattr(getattr(self.base, "model_config", None), "unet_config", {}) or {}
+        if unet_cfg.get("adm_in_channels") is not None:
+            raise ValueError("model: the trainer supports SD1.x/SD2.x-family UNets (no pooled-text 'y' input); "
+                             "SDXL-family models are not supported yet")
+        self.unet = self.base.diffusion_model
+        self.ms = self.base.model_sampling
+        self.latent_format = self.base.latent_format
+        self._load_unet()
+        self.device = model_patcher.load_device
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        self.lora = LoRANetwork(self.unet, options.rank, options.alpha, options.targets, options.conv_rank)
+        self.lora.to(self.device, torch.float32)
+        self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        key = getattr(dataset, "key", torch.tensor([0.0, 1.0, 0.0]))
+        self.key = key.float()
+        self.word = options.key_word or key_word_for(self.key.tolist())
+        self.prompts = PromptEncoder(clip, self.word)
+        self.z_green = self._green_latent()
+        self.step_done = 0
+
+    # -- set-up helpers
+    def _load_unet(self) -> None:
+        self.mm.load_models_gpu([self.patcher], force_full_load=True)
+
+    def _amp_dtype(self):
+        p = self.opts.precision
+        dev = self.patcher.load_device
+        if p == "fp32" or (p == "auto" and dev.type != "cuda"):
+            return None
+        if p == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if p == "bf16" else torch.float16
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B,3,H,W] in [0,1] -> latents [B,C,h,w] float32 in model space on the training device."""
+        with torch.no_grad():
+            lat = self.vae.encode(images.movedim(1, -1).cpu())
+            z = self.latent_format.process_in(lat.float())
+        if not torch.isfinite(z).all():
+            raise ValueError("vae: the encoder produced non-finite latents (broken VAE weights?)")
+        return z.to(self.device)
+
+    def _green_latent(self) -> torch.Tensor:
+        s = 64
+        flat = self.key.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()
+        z = self.encode_images(flat)  # [1,C,8,8]
+        inner = z[..., 2:-2, 2:-2] if z.shape[-1] > 4 else z
+        return inner.mean(dim=(2, 3), keepdim=True)  # [1,C,1,1]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- sampling of the step's data and noise (pure functions of (seed, micro-step))
+    def _indices(self, micro: int) -> tuple[list[int], list[int]]:
+        n = len(self.dataset)
+        b = self.opts.batch_size
+        out, epochs = [], []
+        for j in range(b):
+            pos = micro * b + j
+            epoch = pos // n
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.opts.seed * 1_000_003 + epoch))
+            out.append(int(perm[pos % n]))
+            epochs.append(epoch)
+        return out, epochs
+
+    def micro_batch(self, micro: int) -> dict:
+        idx, epochs = self._indices(micro)
+        items = []
+        for i, e in zip(idx, epochs):
+            self.dataset.epoch = e
+            items.append(self.dataset[i])
+        return collate(items)
+
+    def noise_seed(self, micro: int) -> int:
+        """The seed of micro-batch ``micro``'s timesteps and noise."""
+        return (self.opts.seed * 7_919 + micro * 104_729 + 17) % (2**63)
+
+    # -- the loss of one micro-batch
+    def losses(self, batch: dict, noise_seed: int) -> dict:
+        """batch (collated items), noise_seed (timesteps and noise) -> dict of loss scalars (``loss`` has grad)."""
+        z0 = self.encode_images(batch["image"])
+        gen = torch.Generator().manual_seed(int(noise_seed))
+        t = torch.randint(self.opts.t_min, self.opts.t_max + 1, (z0.shape[0],), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        cond, token_ids, cond_lens = self.prompts.batch(batch["prompt"])
+        self._load_unet()  # CLIP/VAE loads may have moved the UNet off the device
+        dev = self.device
+        b, _, h, w = z0.shape
+        noise = noise.to(dev)
+        sigma = self.ms.sigma(t.float().to(dev)).float()
+        x_t = self.ms.noise_scaling(sigma, noise, z0)
+        valid = [bool(batch["has_key_word"][i]) and token_ids[i] is not None for i in range(b)]
+        maps: list[list] = [[] for _ in range(b)]
+        levels = set(self.opts.attn_levels)
+        unet = self.unet
+        need_attn = self.opts.weights.green > 0 and self.opts.weights.attn > 0 and any(valid)
+
+        def record(n, context, value, extra):
+            shape, orig = extra["activations_shape"], extra["original_shape"]
+            if orig[-1] // shape[-1] in levels:
+                attn = _attn2_module(unet, extra["block"], extra["block_index"])
+                for i in range(b):
+                    if valid[i]:
+                        probs = cross_attention_probs(attn, n[i : i + 1], context[i : i + 1], token_ids[i],
+                                                      cond_len=cond_lens[i])
+                        maps[i].append((probs, (shape[-2], shape[-1])))
+            return n, context, value
+
+        topts = {"patches": {"attn2_patch": [record]}} if need_attn else {}
+        with self._autocast():
+            x0_hat = self.base.apply_model(x_t, sigma, c_crossattn=cond.to(dev), transformer_options=topts).float()
+        eps_hat = (x_t - x0_hat) / sigma.view(-1, 1, 1, 1)
+        a_g = None
+        if need_attn:
+            if not any(maps[i] for i in range(b) if valid[i]):
+                raise ValueError(f"attn_levels: no cross-attention block at levels {sorted(levels)} of this UNet")
+            rows = [aggregate_attention(maps[i], (h, w)) if valid[i] else torch.zeros(1, 1, h, w, device=dev) for i in range(b)]
+            a_g = torch.cat(rows)
+        return joint_loss(
+            noise, eps_hat, x0_hat, self.z_green.to(dev), batch["bg"].to(dev), batch["band"].to(dev),
+            abar_from_sigma(sigma), a_g=a_g, valid=torch.tensor(valid, device=dev), weights=self.opts.weights,
+        )
+
+    def step(self) -> dict:
+        """One optimizer step (``grad_accum`` micro-batches) -> mean loss terms as floats."""
+        s = self.step_done
+        warm = self.opts.warmup
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.opts.lr * (min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        acc: dict[str, float] = {}
+        for a in range(self.opts.grad_accum):
+            micro = s * self.opts.grad_accum + a
+            batch = self.micro_batch(micro)
+            out = self.losses(batch, self.noise_seed(micro))
+            loss = out["loss"] / self.opts.grad_accum
+            if not torch.isfinite(loss):
+                raise ValueError(f"loss: non-finite value at step {s + 1} ({ {k: float(v) for k, v in out.items()} })")
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            for k, v in out.items():
+                acc[k] = acc.get(k, 0.0) + float(v.detach()) / self.opts.grad_accum
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.opts.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.lora.parameters(), self.opts.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step_done = s + 1
+        acc["step"] = self.step_done
+        return acc
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict, noise_seed: int = 0) -> dict:
+        """Loss terms (floats) on a fixed batch and fixed timesteps/noise, without touching the optimizer."""
+        return {k: float(v) for k, v in self.losses(batch, noise_seed).items()}
+
+    # -- checkpoints
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """-> (tensors, json-able info): LoRA weights, optimizer state, grad-scaler state."""
+        tensors = {f"lora.{k}": v.detach().cpu().contiguous() for k, v in self.lora.state_dict().items()}
+        osd = self.optimizer.state_dict()
+        for pid, st in osd["state"].items():
+            for name, val in st.items():
+                val = val if torch.is_tensor(val) else torch.tensor(val)
+                tensors[f"optim.{pid}.{name}"] = val.detach().cpu().contiguous()
+        info = {"step": self.step_done, "param_groups": osd["param_groups"], "options": self.opts.to_json()}
+        if self.scaler:
+            info["scaler"] = {k: v for k, v in self.scaler.state_dict().items() if isinstance(v, (int, float))}
+        return tensors, info
+
+    def load_state(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        lsd = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+        self.lora.load_state_dict(lsd)
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        groups = info["param_groups"]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        if self.scaler and "scaler" in info:
+            self.scaler.load_state_dict(info["scaler"])
+        self.step_done = int(info["step"])
+
+
+def _ckpt_dir(out_dir) -> Path:
+    return Path(out_dir) / CKPT_DIR
+
+
+def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
+    """-> [(step, path)] of the complete checkpoints under ``out_dir/checkpoints``, ascending by step."""
+    d = _ckpt_dir(out_dir)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.glob(f"{CKPT_PREFIX}*.safetensors"):
+        stem = p.name[len(CKPT_PREFIX) : -len(".safetensors")]
+        if stem.isdigit():
+            out.append((int(stem), p))
+    return sorted(out)
+
+
+def save_checkpoint(trainer: GreenTrainer, out_dir) -> Path:
+    """Write ``checkpoints/step_<n>.safetensors`` atomically and prune old ones; -> its path."""
+    from safetensors.torch import save_file
+
+    tensors, info = trainer.state_tensors()
+    path = _ckpt_dir(out_dir) / f"{CKPT_PREFIX}{trainer.step_done:08d}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"diffumatting.train_state": json.dumps(info)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    for _step, old in list_checkpoints(out_dir)[: -trainer.opts.keep_checkpoints]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return path
+
+
+def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """checkpoint file -> (tensors, info); ValueError when it is not a trainer checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
+        raise ValueError(f"checkpoint: {path} is not readable ({exc})") from None
+    if "diffumatting.train_state" not in meta:
+        raise ValueError(f"checkpoint: {path} is not a DiffuMatting training checkpoint")
+    return tensors, json.loads(meta["diffumatting.train_state"])
+
+
+def _try_resume(trainer: GreenTrainer, out_dir) -> int:
+    for step, path in reversed(list_checkpoints(out_dir)):
+        try:
+            tensors, info = read_checkpoint(path)
+        except ValueError as exc:
+            log.warning("%s; trying an older checkpoint", exc)
+            continue
+        saved = info.get("options", {})
+        now = trainer.opts.to_json()
+        diff = [k for k in _RESUME_KEYS if k in saved and saved[k] != now[k]]
+        if diff:
+            raise ValueError(
+                f"resume: the checkpoint {path} was made with different {', '.join(diff)} "
+                f"({', '.join(f'{k}={saved[k]!r}' for k in diff)}); use another --out folder or --no-resume"
+            )
+        trainer.load_state(tensors, info)
+        log.info("resumed from %s (step %d)", path, step)
+        return step
+    return 0
+
+
+def export_lora(trainer: GreenTrainer, path) -> Path:
+    """Write the LoRA in ComfyUI's key format (LoraLoader / DiffuMattingLoader), atomically."""
+    from safetensors.torch import save_file
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[trainer.opts.save_dtype]
+    sd = trainer.lora.export_state_dict(dtype)
+    meta = trainer.lora.metadata()
+    meta.update({
+        "diffumatting.steps": str(trainer.step_done),
+        "diffumatting.key_word": trainer.word,
+        "diffumatting.key_colour": json.dumps([round(float(v), 6) for v in trainer.key]),
+        "diffumatting.loss_weights": json.dumps(asdict(trainer.opts.weights)),
+        "ss_base_model_version": "sd_v1",
+    })
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
+    return path
+
+
+def train(model_patcher, clip, vae, dataset, options: TrainOptions | None = None, on_step=None) -> TrainResult:
+    """Train a green-canvas LoRA on ``model_patcher``'s UNet -> :class:`TrainResult` (the LoRA file path, steps).
+
+    ``dataset``: a :class:`trainer.data.GreenDataset` (or anything with ``__len__``, ``__getitem__`` returning its
+    items, ``key`` and ``epoch``). Resumes from ``out_dir/checkpoints`` when ``options.resume``. ``on_step(trainer,
+    terms)`` is called after every step (tests, custom logging). The UNet is left unmodified (hooks removed).
+    """
+    opts = options or TrainOptions()
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with torch.inference_mode(False), torch.enable_grad():
+        trainer = GreenTrainer(model_patcher, clip, vae, dataset, opts)
+        trainer.lora.attach()
+        try:
+            start = _try_resume(trainer, out_dir) if opts.resume else 0
+            atomic_write_text(out_dir / "options.json", json.dumps(opts.to_json(), indent=2))
+            history = []
+            bar = None
+            if opts.progress and start < opts.steps:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=opts.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+            log_path = out_dir / "train_log.jsonl"
+            while trainer.step_done < opts.steps:
+                terms = trainer.step()
+                history.append(terms)
+                if trainer.step_done % opts.log_every == 0:
+                    with open(log_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in terms.items()}) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{terms[k]:.4f}" for k in ("loss", "ldm", "attn", "canvas", "tb")})
+                if on_step is not None:
+                    on_step(trainer, terms)
+                if trainer.step_done % opts.checkpoint_every == 0 or trainer.step_done == opts.steps:
+                    save_checkpoint(trainer, out_dir)
+            if bar is not None:
+                bar.close()
+            lora_path = export_lora(trainer, out_dir / opts.lora_name)
+        finally:
+            trainer.lora.detach()
+    report = getattr(dataset, "report", None)
+    if callable(report):
+        log.info(report())
+    skipped = sum(getattr(dataset, "skipped", {}).values()) if hasattr(dataset, "skipped") else 0
+    return TrainResult(str(lora_path), trainer.step_done, start, history, time.perf_counter() - t0, skipped)
