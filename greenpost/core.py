@@ -15,16 +15,36 @@ from .unmix import despill, unmix
 MIN_SIDE = 8
 
 
+def canvas_noise(r: torch.Tensor, canvas: torch.Tensor | None, max_samples: int = 50_000) -> torch.Tensor:
+    """r: [B,1,H,W] difference ratio, canvas: [B,1,H,W] confident-canvas map -> [B] robust std of r on the canvas."""
+    out = []
+    for i in range(r.shape[0]):
+        v = r[i].flatten()
+        if canvas is not None:
+            v = v[canvas[i].flatten() > 0]
+        else:
+            v = v[v > 0.7]
+        if v.numel() < 64:
+            out.append(r.new_zeros(()))
+            continue
+        v = v[:: max(1, v.numel() // max_samples)]
+        med = v.median()
+        out.append(1.4826 * (v - med).abs().median())
+    return torch.stack(out)
+
+
 @dataclass
 class GreenPostOptions:
     """Strength controls of :func:`green_post` (defaults tuned for generated and real green screens)."""
 
-    black: float = 0.03  # linear key below which a pixel is pure canvas (noise floor), 0..1
-    white: float = 0.9  # linear key above which a pixel is opaque (tolerates spill), 0..1
+    black: float = 0.0  # linear key below which a pixel is pure canvas, 0..1 (added to the noise-adaptive part)
+    white: float = 1.0  # linear key above which a pixel is opaque, 0..1 (less the noise-adaptive part)
+    noise_black: float = 1.0  # black point += this x the canvas noise (robust std of the difference ratio)
+    noise_white: float = 3.0  # white point -= this x the canvas noise (noise and spill come together)
     gamma: float = 1.0  # alpha gamma (>1 thins semi-transparent areas)
     local_screen: bool = True  # spatially varying screen colour (clean plate) instead of one flat key colour
     screen_cells: int = 64  # resolution of the clean plate (cells on the long side)
-    fg_model: bool = True  # per-pixel white point from the local foreground colour (thin/transparent structure)
+    fg_model: bool = False  # per-pixel white point from the local foreground colour (thin/transparent structure)
     fg_model_range: tuple = (0.8, 1.3)  # clamp of that per-pixel white point
     fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
     refine_radius: int = 2  # guided-filter radius in px (0 = off)
@@ -158,17 +178,20 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         screen = key[:, :, None, None].expand(b, 3, h, w)
         canvas = None
     r = difference_ratio(img, screen, high)
+    sigma = canvas_noise(r, canvas)  # [B]
+    black = (opts.black + opts.noise_black * sigma).clamp(0, 0.2)[:, None, None, None]
+    white_base = (opts.white - opts.noise_white * sigma).clamp(0.6, 1.0)[:, None, None, None]
 
     # 2. foreground colour model: per-pixel white point from nearby confidently opaque pixels
     opaque = erode((r < opts.fg_opaque).float(), 3)
-    white = opts.white
+    white = white_base
     fg_local = None
     if opts.fg_model:
         r_fg = local_colour(torch.cat([r, img], dim=1), opaque, cells=128, smooth=False)
         lo, hi = opts.fg_model_range
-        white = (opts.white * (1.0 - r_fg[:, :1])).clamp(lo * opts.white, min(hi * opts.white, 1.5))
+        white = (white_base * (1.0 - r_fg[:, :1])).clamp(lo * white_base, hi * white_base).clamp(max=1.5)
         fg_local = r_fg[:, 1:]
-    a = ratio_to_alpha(r, opts.black, white, opts.gamma)
+    a = ratio_to_alpha(r, black, torch.maximum(white, black + 0.05), opts.gamma)
 
     # 3. refinement: guided filter in the transition band, then despeckle
     if opts.refine_radius > 0:

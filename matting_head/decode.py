@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from .keyer import colour_difference_alpha, estimate_key
+from .keyer import colour_difference_alpha, estimate_key, key_from_pixels
 from .taps import TapRecorder, TapSpec
 
 BORDER_STRIP = 4  # latent px decoded along each image side to estimate the key colour in tiled mode
@@ -43,10 +42,7 @@ def border_key(decode_fn, latent: torch.Tensor, strip: int = BORDER_STRIP) -> to
     b = 4
     px = torch.cat([top[..., :b, :].flatten(2), bottom[..., -b:, :].flatten(2),
                     left[..., :, :b].flatten(2), right[..., :, -b:].flatten(2)], 2)  # [B,3,N]
-    side = int(px.shape[-1] ** 0.5) + 1
-    pad = side * side - px.shape[-1]
-    sq = F.pad(px, (0, pad), mode="replicate").reshape(px.shape[0], 3, side, side)
-    return estimate_key(sq, border=side)  # the whole square is "border"
+    return key_from_pixels(px)
 
 
 def _ramp(n: int, overlap: int, lead: bool, trail: bool, device) -> torch.Tensor:

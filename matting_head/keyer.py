@@ -15,13 +15,18 @@ def estimate_key(image: torch.Tensor, border: int = BORDER) -> torch.Tensor:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
     b = max(1, min(border, image.shape[-1] // 4, image.shape[-2] // 4))
     ring = torch.cat([image[..., :b, :].flatten(2), image[..., -b:, :].flatten(2),
-                      image[..., :, :b].flatten(2), image[..., :, -b:].flatten(2)], 2).float()  # [B,3,N]
+                      image[..., :, :b].flatten(2), image[..., :, -b:].flatten(2)], 2)  # [B,3,N]
+    return key_from_pixels(ring).to(image.dtype)
+
+
+def key_from_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """pixels [B,3,N] in [0,1] (e.g. an image border) -> key [B,3]: median of the green-dominant ones."""
     keys = []
-    for px in ring:
+    for px in pixels.float():
         green = px[1] - torch.maximum(px[0], px[2])
         sel = px[:, green > 0.15]
         keys.append((sel if sel.shape[1] >= 16 else px).median(dim=1).values)
-    return torch.stack(keys).to(image.dtype)
+    return torch.stack(keys)
 
 
 def colour_difference_alpha(image: torch.Tensor, key: torch.Tensor, black: float = 0.08,

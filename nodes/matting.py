@@ -1,3 +1,227 @@
-"""Nodes: matting (filled in by its issue)."""
+"""Nodes: DiffuMattingLoader (matting head + optional green-canvas LoRA) and MattingHeadDecode."""
 
-NODES = []
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.latest import io
+
+from .common import MattingHead, category, check_interrupted, intermediate_device, progress_bar
+
+FOLDER = "diffumatting"
+NONE = "none"
+
+
+class LoadedHead:
+    """What flows through a DIFFUMATTING_HEAD socket: the head module, its metadata and a ModelPatcher."""
+
+    def __init__(self, head, info: dict, name: str):
+        self.head, self.info, self.name = head, info, name
+        self._patcher = None
+
+    @property
+    def patcher(self):
+        if self._patcher is None:
+            import comfy.model_management as mm
+            import comfy.model_patcher
+
+            self._patcher = comfy.model_patcher.ModelPatcher(
+                self.head, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        return self._patcher
+
+    def __repr__(self):
+        return f"LoadedHead({self.name}, {self.info.get('decoder_family')})"
+
+
+def _list(folder: str) -> list[str]:
+    import folder_paths
+
+    try:
+        return folder_paths.get_filename_list(folder)
+    except KeyError:
+        return []
+
+
+def load_head_file(name: str) -> LoadedHead:
+    """File name in models/diffumatting -> LoadedHead. ValueError naming the file for missing/corrupt/foreign ones."""
+    import comfy.utils
+    import folder_paths
+
+    from ..matting_head.weights import head_from_state
+
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None or not os.path.isfile(path):
+        raise ValueError(f"head_name: {name!r} was not found in models/{FOLDER} (put the head's .safetensors there)")
+    if not path.lower().endswith((".safetensors", ".sft")):
+        raise ValueError(f"head_name: {name!r} is not a .safetensors file (matting heads are safetensors)")
+    try:
+        state, meta = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"head_name: {name!r} is corrupt or not a safetensors file ({first})") from exc
+    head, info = head_from_state(state, meta, f"head_name {name!r}")
+    return LoadedHead(head, info, name)
+
+
+def apply_lora(model, name: str, strength: float):
+    """MODEL + LoRA file in models/diffumatting -> patched clone. ValueError when the file does not fit the MODEL."""
+    import comfy.lora
+    import comfy.lora_convert
+    import comfy.utils
+    import folder_paths
+
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        raise ValueError(f"lora_name: {name!r} was not found in models/{FOLDER}")
+    try:
+        lora = comfy.utils.load_torch_file(path, safe_load=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"lora_name: {name!r} is corrupt or unreadable ({first})") from exc
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map)
+    new = model.clone()
+    applied = new.add_patches(patches, strength) if patches else []
+    if not applied:
+        raise ValueError(f"lora_name: {name!r} has no weights for this MODEL's UNet (is it a LoRA for another "
+                         "model family, or a matting head?)")
+    return new
+
+
+class DiffuMattingLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        files = _list(FOLDER)
+        return io.Schema(
+            node_id="DiffuMattingLoader",
+            display_name="DiffuMattingLoader",
+            category=category("loaders"),
+            description="Loads a matting head (and optionally the green-canvas UNet LoRA) from models/diffumatting.",
+            inputs=[
+                io.Combo.Input("head_name", options=files,
+                               tooltip="Matting head weights (.safetensors) in models/diffumatting; the head must "
+                               "have been trained for the VAE you decode with."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional MODEL to apply the green-canvas LoRA to (passed through otherwise)."),
+                io.Combo.Input("lora_name", options=[NONE] + files, default=NONE, optional=True,
+                               tooltip="Green-canvas UNet LoRA from the trainer (models/diffumatting), or none."),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True,
+                               tooltip="Strength of the LoRA on the MODEL."),
+            ],
+            outputs=[
+                MattingHead.Output(display_name="head", tooltip="The loaded matting head (for MattingHeadDecode)."),
+                io.Model.Output(display_name="model",
+                                tooltip="The MODEL with the LoRA applied (unchanged without LoRA; empty if no "
+                                "MODEL was connected)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, head_name, model=None, lora_name=NONE, lora_strength=1.0):
+        head = load_head_file(head_name)
+        if lora_name and lora_name != NONE:
+            if model is None:
+                raise ValueError("model: a LoRA was chosen (lora_name) but no MODEL is connected")
+            if lora_strength != 0:
+                model = apply_lora(model, lora_name, lora_strength)
+        return io.NodeOutput(head, model)
+
+
+def _parse_key(key_colour: str):
+    if key_colour.strip().lower() == "auto":
+        return None
+    from ..common.colour import parse_key_colour
+
+    return parse_key_colour(key_colour, name="key_colour")
+
+
+class DiffuMattingMattingHeadDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffuMattingMattingHeadDecode",
+            display_name="MattingHeadDecode",
+            category=category("matting"),
+            description="VAE-decodes a latent and predicts matting-level alpha from the decoder's features in the "
+                        "same pass.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The latent to decode (e.g. from a KSampler)."),
+                io.Vae.Input("vae", tooltip="The VAE whose decoder the head was trained on."),
+                MattingHead.Input("head", tooltip="A matting head from DiffuMattingLoader."),
+                io.String.Input("key_colour", default="auto",
+                                tooltip="Canvas colour: auto (estimated from the image border), a preset (green, "
+                                "pure_green, blue, ...) or #RRGGBB."),
+                io.Boolean.Input("tiled", default=False,
+                                 tooltip="Decode in tiles (for large images or little memory); tiles are blended "
+                                 "over the overlap."),
+                io.Int.Input("tile_size", default=512, min=128, max=4096, step=64,
+                             tooltip="Tile size in pixels (tiled mode)."),
+                io.Int.Input("overlap", default=128, min=32, max=1024, step=32,
+                             tooltip="Overlap between tiles in pixels (tiled mode)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The decoded image (as VAEDecode gives it)."),
+                io.Mask.Output(display_name="alpha", tooltip="Alpha from the matting head: 1 = opaque foreground."),
+                io.Image.Output(display_name="fg", tooltip="Straight (not premultiplied) foreground colour."),
+                io.Mask.Output(display_name="mask",
+                               tooltip="ComfyUI mask polarity: 1 = transparent background (= 1 - alpha), as "
+                               "LoadImage and JoinImageWithAlpha use."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae, head, key_colour="auto", tiled=False, tile_size=512, overlap=128):
+        import comfy.model_management as mm
+
+        from ..matting_head.decode import count_tiles, decode_with_head
+        from ..matting_head.taps import tap_spec
+        from ..matting_head.weights import check_compatible
+
+        if not isinstance(head, LoadedHead):
+            raise ValueError("head: expected a matting head from DiffuMattingLoader")
+        z = samples["samples"] if isinstance(samples, dict) else samples
+        if not isinstance(z, torch.Tensor) or z.ndim != 4:
+            raise ValueError(f"samples: expected an image latent [B,C,h,w], got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        spec = tap_spec(vae.first_stage_model)
+        check_compatible(head.info, spec.info())
+        key = _parse_key(key_colour)
+        scale = int(getattr(vae, "upscale_ratio", 8)) if isinstance(getattr(vae, "upscale_ratio", 8), int) else 8
+        tile = max(1, tile_size // scale) if tiled else 0
+        ov = overlap // scale
+        if tiled and ov >= tile:
+            raise ValueError(f"overlap: must be smaller than tile_size ({tile_size} px), got {overlap} px")
+
+        h, w = z.shape[-2:]
+        side = (min(tile, h) * scale, min(tile, w) * scale) if tiled else (h * scale, w * scale)
+        per_image = vae.memory_used_decode((1, z.shape[1], side[0] // scale, side[1] // scale), vae.vae_dtype)
+        mm.load_models_gpu([vae.patcher, head.patcher], memory_required=per_image * 1.3)
+        device = vae.device
+        free = mm.get_free_memory(device)
+        chunk = max(1, min(z.shape[0], int(free // max(1, per_image * 1.3)))) if not tiled else 1
+        model_head = head.head
+        dtype = next(model_head.parameters()).dtype
+
+        def decode_fn(lat):
+            out = vae.first_stage_model.decode(lat.to(vae.vae_dtype).to(device))
+            return vae.process_output(out.float()).to(dtype)
+
+        n_tiles = count_tiles(h, w, tile, ov) * z.shape[0]
+        pbar = progress_bar(n_tiles)
+        outs = {"image": [], "alpha": [], "fg": []}
+        k = None if key is None else key.to(device)
+        for i in range(0, z.shape[0], chunk):
+            check_interrupted()
+            res = decode_with_head(decode_fn, spec, model_head, z[i:i + chunk].to(device), key=k, tile=tile,
+                                   overlap=ov, scale=scale, check_interrupt=check_interrupted,
+                                   on_tile=lambda: pbar.update(1))
+            for name in outs:
+                outs[name].append(res[name].float().to(intermediate_device()))
+        image = torch.cat(outs["image"]).movedim(1, -1).contiguous()
+        fg = torch.cat(outs["fg"]).movedim(1, -1).contiguous()
+        alpha = torch.cat(outs["alpha"])[:, 0].contiguous()
+        return io.NodeOutput(image, alpha, fg, 1.0 - alpha)
+
+
+NODES = [DiffuMattingLoader, DiffuMattingMattingHeadDecode]

@@ -1,12 +1,262 @@
-"""`python -m diffumatting generate`: not implemented yet (placeholder registered so --help lists it)."""
+"""`python -m diffumatting generate`: the data factory. Runs the pack's generation workflow headless, in-process,
+inside a ComfyUI installation, and writes a matting data set (see SaveMattingDataset) with resume.
+
+Sample ``i`` always uses prompt ``i mod P`` and seed ``seed + i`` and is named ``gen_<i:06d>``; a sample whose name is
+already in the data set (written, or rejected by the quality gate) is never run again, so a stopped run resumes
+where it stopped without redoing or duplicating samples. ``--count`` is the number of accepted samples wanted;
+``--max-attempts`` bounds the work when the gate rejects many.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
 
 from ..cli import CLIError
 
+DATASET_NODE = "DiffuMattingSaveMattingDataset"
+DEFAULT_WORKFLOW = os.path.join("workflows", "api", "data_factory.json")
+SEED_INPUTS = ("seed", "noise_seed")
+SUBJECT_INPUTS = ("subject",)
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="(not implemented yet)")
+    p = subparsers.add_parser(
+        "generate", help="data factory: generate a matting data set with ComfyUI (headless, resumable)",
+        description="Generate objects on a green canvas with the pack's data-factory workflow, key them, and write "
+        "a matting data set (image/ fg/ alpha/ trimap/ caption/ metadata.jsonl) with a quality gate. Runs ComfyUI "
+        "in this process; a stopped run resumes without redoing or duplicating samples.")
+    p.add_argument("--comfyui", required=True, metavar="PATH", help="ComfyUI installation (its folder)")
+    p.add_argument("--checkpoint", required=True, metavar="NAME", help="checkpoint file in ComfyUI's models/checkpoints")
+    p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one subject per line ('#' = comment)")
+    p.add_argument("--count", required=True, type=int, metavar="N", help="accepted samples wanted")
+    p.add_argument("--out", required=True, metavar="DIR", help="data-set folder (created; resumed if it exists)")
+    p.add_argument("--workflow", default=None, metavar="FILE",
+                   help=f"API-format workflow with one {DATASET_NODE} node (default: the pack's {DEFAULT_WORKFLOW})")
+    p.add_argument("--seed", type=int, default=0, help="seed of sample 0; sample i uses seed + i (default 0)")
+    p.add_argument("--max-attempts", type=int, default=None, metavar="N",
+                   help="stop after this many samples generated in total, accepted or not (default 3 x count)")
+    p.add_argument("--steps", type=int, default=None, help="override the sampler's steps")
+    p.add_argument("--size", type=int, default=None, metavar="PX", help="override width and height (multiple of 8)")
+    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
+    p.add_argument("--extra-model-paths", default=None, metavar="YAML", help="an extra_model_paths.yaml to load")
     p.set_defaults(func=run)
 
 
+def read_prompts(path: str) -> list[str]:
+    """Non-empty, non-comment lines of a prompts file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as exc:
+        raise CLIError(f"--prompts: cannot read {path}: {exc.strerror}") from None
+    if not prompts:
+        raise CLIError(f"--prompts: {path} holds no prompts (one subject per line)")
+    return prompts
+
+
+def load_workflow(path: str) -> dict:
+    """An API-format workflow (``{"id": {"class_type", "inputs"}}``) with exactly one SaveMattingDataset node."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            wf = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--workflow: cannot read {path}: {exc}") from None
+    if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
+        raise CLIError(f"--workflow: {path} is not an API-format workflow (export it with 'Export (API)')")
+    found = [k for k, v in wf.items() if v["class_type"] == DATASET_NODE]
+    if len(found) != 1:
+        raise CLIError(f"--workflow: {path} must hold exactly one {DATASET_NODE} node, found {len(found)}")
+    return wf
+
+
+def build_prompt(template: dict, *, checkpoint: str | None, subject: str, seed: int, name: str, folder: str,
+                 steps: int | None = None, size: int | None = None) -> dict:
+    """The template with this sample's checkpoint, subject, seed and data-set name filled in (a new dict)."""
+    prompt = copy.deepcopy(template)
+    for node in prompt.values():
+        inputs = node.setdefault("inputs", {})
+        kind = node["class_type"]
+        if kind == DATASET_NODE:
+            inputs.update(name=name, prompt=subject, seed=seed, folder=folder)
+            if checkpoint is not None:
+                inputs["model"] = checkpoint
+            continue
+        if kind == "CheckpointLoaderSimple" and checkpoint is not None:
+            inputs["ckpt_name"] = checkpoint
+        for key in SEED_INPUTS:
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = seed
+        for key in SUBJECT_INPUTS:
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = subject
+        if steps is not None and "steps" in inputs and not isinstance(inputs["steps"], list):
+            inputs["steps"] = steps
+        if size is not None:
+            for key in ("width", "height"):
+                if key in inputs and not isinstance(inputs[key], list):
+                    inputs[key] = size
+    return prompt
+
+
+def run_factory(execute, template: dict, prompts: list[str], count: int, root: str, folder: str, *,
+                checkpoint: str | None, seed: int = 0, max_attempts: int | None = None, steps: int | None = None,
+                size: int | None = None, progress: bool = True) -> dict:
+    """Generate until ``count`` samples are accepted (or ``max_attempts`` were made); resumes from ``root``.
+
+    ``execute(prompt)`` runs one API prompt (ComfyUI in-process). ``root`` is the data-set folder the workflow's
+    SaveMattingDataset node writes to (``folder`` relative to ComfyUI's output directory). Returns the counts.
+    """
+    from ..dataset import MattingDatasetWriter
+
+    if count < 1:
+        raise CLIError(f"--count: expected at least 1, got {count}")
+    limit = max_attempts if max_attempts is not None else 3 * count
+    if limit < 1:
+        raise CLIError(f"--max-attempts: expected at least 1, got {limit}")
+    writer = MattingDatasetWriter(root)  # rolls back a sample a killed run left half-written
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, initial=min(len(writer.committed), count), unit="sample", desc="accepted",
+                   dynamic_ncols=True, file=sys.stderr)
+    ran = 0
+    try:
+        for i in range(limit):
+            if len(writer.committed) >= count:
+                break
+            name = f"gen_{i:06d}"
+            if name in writer:
+                continue
+            prompt = build_prompt(template, checkpoint=checkpoint, subject=prompts[i % len(prompts)], seed=seed + i,
+                                  name=name, folder=folder, steps=steps, size=size)
+            execute(prompt)
+            ran += 1
+            writer.recover()  # re-read what the node committed (it runs its own writer)
+            if name not in writer:
+                raise CLIError(f"sample {name}: the workflow ran but wrote nothing to {root} "
+                               f"(is its {DATASET_NODE} node connected and its folder '{folder}'?)")
+            if bar is not None:
+                bar.n = min(len(writer.committed), count)
+                bar.set_postfix(rejected=len(writer.rejected), refresh=False)
+                bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = writer.counts
+    counts["ran_now"] = ran
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# ComfyUI in-process
+
+
+def bootstrap_comfyui(path: str, cpu: bool, output_dir: str, extra_model_paths: str | None = None):
+    """Import ComfyUI from ``path`` (CPU if asked), load core nodes and this pack; returns ``(nodes, execution)``."""
+    import asyncio
+    import tempfile
+
+    root = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(root, "comfy", "model_management.py")):
+        raise CLIError(f"--comfyui: {path} is not a ComfyUI installation (no comfy/model_management.py)")
+    from .. import REPO_ROOT
+
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO_ROOT]
+    sys.path.insert(0, root)
+    from comfy.cli_args import args  # before comfy.model_management is imported
+
+    args.cpu = args.cpu or cpu
+    args.disable_api_nodes = True
+    import utils.extra_config  # noqa: F401  (before `nodes`)
+    import folder_paths
+
+    for yaml_path in (os.path.join(root, "extra_model_paths.yaml"), extra_model_paths):
+        if yaml_path and os.path.isfile(yaml_path):
+            utils.extra_config.load_extra_path_config(yaml_path)
+        elif yaml_path and yaml_path == extra_model_paths:
+            raise CLIError(f"--extra-model-paths: no such file {yaml_path}")
+    folder_paths.set_output_directory(output_dir)
+    folder_paths.set_temp_directory(tempfile.mkdtemp(prefix="diffumatting-generate-"))
+    import execution
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if not asyncio.run(nodes.load_custom_node(REPO_ROOT, ignore=set(nodes.NODE_CLASS_MAPPINGS))):
+        raise CLIError("ComfyUI could not import the DiffuMatting pack (see the log above)")
+    return nodes, execution, folder_paths
+
+
+class _Server:
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+
+    def send_sync(self, event, data, sid=None):
+        pass
+
+    def queue_updated(self):
+        pass
+
+
+def make_executor(execution):
+    """``execute(prompt)`` running API prompts with ComfyUI's PromptExecutor; errors become CLIError."""
+    import asyncio
+    import uuid
+
+    ex = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+
+    def execute(prompt: dict) -> None:
+        prompt_id = str(uuid.uuid4())
+        ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not ok:
+            details = "; ".join(f"{nid}: {e.get('message', '')} {e.get('details', '')}".strip()
+                                for nid, errs in (node_errors or {}).items() for e in errs.get("errors", []))
+            raise CLIError(f"the workflow is not valid here: {error.get('message', error)}"
+                           + (f" ({details})" if details else ""))
+        ex.execute(prompt, prompt_id, extra_data={}, execute_outputs=outputs)
+        if not ex.success:
+            errs = [d for e, d in ex.status_messages if e == "execution_error"]
+            if any(e == "execution_interrupted" for e, _ in ex.status_messages):
+                raise KeyboardInterrupt
+            msg = errs[0].get("exception_message", "").strip() if errs else "unknown error"
+            node = errs[0].get("node_type", "?") if errs else "?"
+            raise CLIError(f"the workflow failed in {node}: {msg}")
+
+    return execute
+
+
 def run(args) -> int:
-    raise CLIError("'generate' is not implemented yet")
+    from .. import REPO_ROOT
+
+    prompts = read_prompts(args.prompts)
+    template = load_workflow(args.workflow or os.path.join(REPO_ROOT, DEFAULT_WORKFLOW))
+    if args.size is not None and (args.size < 64 or args.size % 8):
+        raise CLIError(f"--size: expected a multiple of 8, at least 64, got {args.size}")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps: expected at least 1, got {args.steps}")
+    if args.count < 1:
+        raise CLIError(f"--count: expected at least 1, got {args.count}")
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    _, execution, folder_paths = bootstrap_comfyui(args.comfyui, args.cpu, out, args.extra_model_paths)
+    available = folder_paths.get_filename_list("checkpoints")
+    if args.checkpoint not in available:
+        listing = ", ".join(available[:10]) or "none"
+        raise CLIError(f"--checkpoint: {args.checkpoint!r} is not in ComfyUI's checkpoints folder (found: {listing})")
+    counts = run_factory(make_executor(execution), template, prompts, args.count, out, ".",
+                         checkpoint=args.checkpoint, seed=args.seed, max_attempts=args.max_attempts,
+                         steps=args.steps, size=args.size)
+    reasons = ", ".join(f"{k[len('rejected_'):]} {v}" for k, v in counts.items() if k.startswith("rejected_"))
+    print(f"{out}: {counts['accepted']} accepted, {counts['rejected']} rejected"
+          + (f" ({reasons})" if reasons else "") + f"; {counts['ran_now']} generated in this run")
+    if counts["accepted"] < args.count:
+        print(f"stopped after {args.max_attempts or 3 * args.count} attempts with {counts['accepted']} of "
+              f"{args.count} accepted (raise --max-attempts, or look at rejected.jsonl)", file=sys.stderr)
+        return 1
+    return 0

@@ -65,10 +65,10 @@ def spy_nodes(comfy):
 @pytest.fixture(scope="module")
 def tiny_lora(comfy, tiny_sd15):
     """A LoRA file for the tiny SD1.5 model (kohya key names, built from ComfyUI's own key map)."""
-    import comfy.lora
     import safetensors.torch
+    from comfy import lora as comfy_lora
 
-    key_map = comfy.lora.model_lora_keys_unet(tiny_sd15.model.model, {})
+    key_map = comfy_lora.model_lora_keys_unet(tiny_sd15.model.model, {})
     sd = tiny_sd15.model.model.state_dict()
     tensors = {}
     gen = torch.Generator().manual_seed(4)
@@ -236,13 +236,15 @@ def test_ksampler_runs_and_resets_per_run(gc, run_prompt):
     assert sink.evaluations == 3 and sink.anchored == 3  # end 0.7 of 3 steps: progress 0, 1/3, 2/3
     assert gc.STATE_KEY not in out["model"].model_options["transformer_options"]
     prompt["ks"]["inputs"]["seed"] = 2  # the cached patched MODEL is reused by the second run
+    prompt |= capture(model2=("gc", 0))  # (a new capture node: the executor caches the old one)
     out2 = run_prompt(prompt)
-    assert out2["model"] is out["model"]
+    assert out2["model2"] is out["model"]
     assert sink.evaluations == 3  # fresh state: not 6
 
 
 def test_schedule_end_turns_anchoring_off(gc, run_prompt):
-    out = run_prompt(green_control(end=0.5) | ksampler(("gc", 0), steps=4) | capture(model=("gc", 0)))
+    out = run_prompt(green_control(end=0.5) | ksampler(("gc", 0), steps=4) | capture(model=("gc", 0),
+                                                                                      latent=("ks", 0)))
     sink = sink_of(gc, out["model"])
     assert sink.evaluations == 4 and sink.anchored == 2  # progress 0, 0.25 anchored; 0.5, 0.75 not
     out = run_prompt(green_control(end=0.0) | ksampler(("gc", 0), steps=2) | capture(model=("gc", 0),
@@ -332,7 +334,7 @@ def test_stacks_with_another_nodes_attn2_patches(gc, run_prompt, spy_nodes, othe
         sampler_model = ("other", 0)
     nodes["other"] = other
     spy_nodes.update(patch=0, replace=0)
-    out = run_prompt(nodes | ksampler(sampler_model, steps=2) | capture(model=sampler_model))
+    out = run_prompt(nodes | ksampler(sampler_model, steps=2) | capture(model=sampler_model, latent=("ks", 0)))
     patches = out["model"].model_options["transformer_options"]["patches"]["attn2_patch"]
     assert gc.record_attn2_patch in patches and len(patches) == 2
     assert spy_nodes["patch"] > 0 and (spy_nodes["replace"] > 0) == replace
@@ -344,7 +346,7 @@ def test_applying_twice_installs_once(gc, run_prompt):
     nodes["gc2"] = {"class_type": "DiffuMattingGreenControl", "inputs": dict(nodes["gc"]["inputs"], model=["gc", 0],
                                                                              strength=0.3)}
     out = run_prompt(nodes | ksampler(("gc2", 0), positive=("gc2", 1), negative=("gc2", 2), steps=2) |
-                     capture(model=("gc2", 0)))
+                     capture(model=("gc2", 0), latent=("ks", 0)))
     m = out["model"]
     assert m.model_options["transformer_options"]["patches"]["attn2_patch"].count(gc.record_attn2_patch) == 1
     assert m.model_options["sampler_post_cfg_function"].count(gc.anchor_post_cfg) == 1

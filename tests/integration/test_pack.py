@@ -113,3 +113,24 @@ def test_end_to_end_full_size_sd15(run_prompt, random_sd15_checkpoint):
     image = run_prompt(prompt)["image"]
     assert tuple(image.shape) == (1, 64, 64, 3)
     assert image.isfinite().all()
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_tiny_controlnet_in_the_chain(run_prompt, family):
+    """The harness's tiny ControlNet works with ComfyUI's ControlNetApplyAdvanced (other suites build on it)."""
+    prompt = {
+        "1": {"class_type": "DMTestTinyModels", "inputs": {"family": family}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a vase, green screen", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "DMTestImage", "inputs": {"width": 64, "height": 64, "batch": 1, "kind": "greenscreen"}},
+        "9": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "control_net": ["1", 3], "image": ["8", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+        "5": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["1", 0],
+                                                   "positive": ["9", 0], "negative": ["9", 1], "latent_image": ["4", 0]}},
+        "7": {"class_type": "DMTestCapture", "inputs": {"value": ["5", 0], "key": "latent"}},
+    }
+    samples = run_prompt(prompt)["latent"]["samples"]
+    assert tuple(samples.shape) == (1, 4, 8, 8) and samples.isfinite().all()

@@ -1,0 +1,237 @@
+"""Matting head benchmark on a real decoder (TAEF2): quality against GreenPost, and cost against the plain decode.
+
+    .venv/bin/python bench/matting_head.py                      # held-out dev subjects, clean + realistic canvas
+    .venv/bin/python bench/matting_head.py --data DIR           # any folder of <subject>/alpha.png + fg|image.png
+    .venv/bin/python bench/matting_head.py --no-timing          # quality only
+
+Quality: each subject's (colour, alpha) is composited onto a clean canvas (flat #00FF00) and a realistic one (a lit
+chroma-green screen: gradient, vignetting, unevenness, hue drift, noise; see matting_head/data.py green_canvas),
+encoded with the TAEF2 encoder and decoded with feature taps. Rows compare, on the same decoded image, GreenPost's
+alpha (green_post(decoded, key_colour="auto"), the pack's keyer), the head's alpha, and GreenPost fed the head's alpha
+(the MattingHeadDecode -> GreenPost pipeline). Metrics: SAD/1000, MSE, Grad/1000, Conn/1000 over the whole image.
+Subjects the head was trained on (listed in its metadata) are always skipped.
+Cost: wall time (median of interleaved repeats) and peak resident memory (fresh subprocess per case, peak reset
+after set-up) of the plain decode and of the head path (decode + taps + head), at each --sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mattes"
+DEFAULT_TAESD = REPO_ROOT.parent / "shared" / "data" / "models" / "taef2"
+DEFAULT_HEAD = REPO_ROOT / "weights" / "diffumatting_head_taef2.safetensors"
+
+
+def _import_pack():
+    if "diffumatting" not in sys.modules:
+        sys.path.insert(0, str(REPO_ROOT))
+        try:
+            import diffumatting  # noqa: F401
+        finally:
+            sys.path.remove(str(REPO_ROOT))
+    import diffumatting
+
+    return diffumatting
+
+
+def _rss_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _setup(args):
+    _import_pack()
+    import torch
+
+    from diffumatting.matting_head.taesd import load_tiny_autoencoder
+    from diffumatting.matting_head.train import TaesdBackend
+    from diffumatting.matting_head.weights import check_compatible, load_head
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ae = load_tiny_autoencoder(args.taesd)
+    backend = TaesdBackend(ae, ae.name)
+    head, info = load_head(args.head)
+    check_compatible(info, backend.info())
+    return backend, head, info
+
+
+def _latent_for_size(backend, size: int):
+    import torch
+    import torch.nn.functional as F
+
+    from diffumatting.matting_head.data import PURE_GREEN, composite, green_canvas
+    from diffumatting.matting_head.procedural import procedural_matte
+
+    fg, a = procedural_matte(size // 2, 7)
+    fg = F.interpolate(fg[None], size=(size, size), mode="bilinear")[0]
+    a = F.interpolate(a[None], size=(size, size), mode="bilinear")[0]
+    img = composite(fg, a, green_canvas(size, size, PURE_GREEN, False))[None]
+    with torch.no_grad():
+        return backend.encode(img)
+
+
+def _run_case(backend, head, z, mode: str):
+    import torch
+
+    from diffumatting.matting_head.decode import decode_with_head
+
+    with torch.inference_mode():
+        if mode == "plain":
+            return backend.decode(z)
+        return decode_with_head(backend.ae.decode, backend.spec, head, z)["alpha"]
+
+
+def child_main(args) -> int:
+    """Subprocess: set up, reset the peak RSS, run one case, print the peak increase in MiB."""
+    backend, head, _ = _setup(args)
+    import torch
+
+    z = _latent_for_size(backend, args.child_size)
+    _run_case(backend, head, z[..., :8, :8], args.child_mode)  # warm-up on a tiny latent (allocator, kernels)
+    base = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    out = _run_case(backend, head, z, args.child_mode)
+    peak = _rss_kib("VmHWM")
+    del out
+    torch.set_num_threads(torch.get_num_threads())
+    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+    return 0
+
+
+def measure_memory(args, mode: str, size: int) -> float | None:
+    cmd = [sys.executable, __file__, "--_child-mode", mode, "--_child-size", str(size), "--head", str(args.head),
+           "--taesd", str(args.taesd), "--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"  (memory measurement failed for {mode} {size}: {res.stderr.strip().splitlines()[-1:]})")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def timing(args, backend, head):
+    rows = []
+    for size in args.sizes:
+        z = _latent_for_size(backend, size)
+        _run_case(backend, head, z, "plain")  # warm-up
+        _run_case(backend, head, z, "head")
+        t = {"plain": [], "head": []}
+        for _ in range(args.repeats):
+            for mode in ("plain", "head"):
+                t0 = time.perf_counter()
+                _run_case(backend, head, z, mode)
+                t[mode].append(time.perf_counter() - t0)
+        plain, withhead = statistics.median(t["plain"]), statistics.median(t["head"])
+        mem_plain = measure_memory(args, "plain", size)
+        mem_head = measure_memory(args, "head", size)
+        rows.append((size, plain, withhead, mem_plain, mem_head))
+    print()
+    print(f"Cost on {args.device_name}, torch threads {__import__('torch').get_num_threads()}, "
+          f"median of {args.repeats} interleaved runs; peak = resident-memory increase during the call")
+    print("| size | plain decode s | head path s | time ratio | plain peak MiB | head peak MiB | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for size, p, h, mp, mh in rows:
+        mr = f"{mh / mp:.2f}" if mp and mh else "n/a"
+        mps = f"{mp:.0f}" if mp else "n/a"
+        mhs = f"{mh:.0f}" if mh else "n/a"
+        print(f"| {size} | {p:.3f} | {h:.3f} | {h / p:.2f} | {mps} | {mhs} | {mr} |")
+    return rows
+
+
+def quality(args, backend, head, info):
+    import torch
+
+    from diffumatting.greenpost import green_post
+    from diffumatting.matting_head.data import CHROMA_GREEN, PURE_GREEN, load_pairs
+    from diffumatting.matting_head.decode import decode_with_head
+    from diffumatting.matting_head.evaluate import prepare_eval
+    from diffumatting.matting_head.metrics import all_metrics
+
+    trained = set((info.get("training") or {}).get("subjects") or [])
+    names = None
+    if args.subjects:
+        names = [s for s in args.subjects.split(",") if s]
+    pairs = load_pairs(args.data, names)
+    skipped = sorted(p.name for p in pairs if p.name in trained)
+    pairs = [p for p in pairs if p.name not in trained]
+    if skipped:
+        print(f"skipping {len(skipped)} subject(s) the head was trained on: {', '.join(skipped)}")
+    if not pairs:
+        raise SystemExit("no subjects left to evaluate (all were used in training)")
+    print(f"evaluating {len(pairs)} held-out subject(s): {', '.join(p.name for p in pairs)}")
+    summary = {}
+    for canvas, realistic, key in (("clean", False, PURE_GREEN), ("realistic", True, CHROMA_GREEN)):
+        prepared = prepare_eval(backend, pairs, realistic=realistic, key=key, keep_taps=False)
+        per = {"GreenPost": [], "head": [], "head+GreenPost": []}
+        for item in prepared:
+            with torch.inference_mode():
+                res = decode_with_head(backend.ae.decode, backend.spec, head, item["latent"])
+                rgb = res["image"]
+                gp = green_post(rgb, key_colour="auto", high_quality=args.greenpost_hq)
+                gp_head = green_post(rgb, alpha=res["alpha"], key_colour="auto", high_quality=args.greenpost_hq)
+            gt = item["alpha"]
+            per["GreenPost"].append(all_metrics(gp.alpha, gt))
+            per["head"].append(all_metrics(res["alpha"], gt))
+            per["head+GreenPost"].append(all_metrics(gp_head.alpha, gt))
+            if args.per_subject:
+                print(f"  {canvas:9s} {item['name']:32s} MSE GreenPost {per['GreenPost'][-1]['MSE']:.5f} "
+                      f"head {per['head'][-1]['MSE']:.5f}  ratio {per['head'][-1]['MSE'] / per['GreenPost'][-1]['MSE']:.2f}")
+        summary[canvas] = {k: {m: statistics.mean(d[m] for d in v) for m in ("SAD", "MSE", "Grad", "Conn")}
+                           for k, v in per.items()}
+    print()
+    print(f"Quality on {len(pairs)} held-out subjects (mean over subjects; whole image; decoder {backend.name})")
+    print("| canvas | method | SAD | MSE | Grad | Conn | MSE vs GreenPost |")
+    print("|---|---|---|---|---|---|---|")
+    for canvas, rows in summary.items():
+        base = rows["GreenPost"]["MSE"]
+        for method, m in rows.items():
+            print(f"| {canvas} | {method} | {m['SAD']:.2f} | {m['MSE']:.5f} | {m['Grad']:.2f} | {m['Conn']:.2f} | "
+                  f"{m['MSE'] / base:.2f}x |")
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <subject>/alpha.png + fg.png|image.png")
+    p.add_argument("--subjects", default="", help="comma-separated subset of subjects")
+    p.add_argument("--head", default=str(DEFAULT_HEAD))
+    p.add_argument("--taesd", default=str(DEFAULT_TAESD), help="TAESD-family folder (encoder + decoder)")
+    p.add_argument("--sizes", default="512,1024", help="image sizes (px) for the cost table")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--no-quality", action="store_true")
+    p.add_argument("--greenpost-hq", action="store_true", help="GreenPost with high_quality=True (slower)")
+    p.add_argument("--per-subject", action="store_true")
+    p.add_argument("--_child-mode", dest="child_mode", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_child-size", dest="child_size", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_mode:
+        return child_main(args)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    backend, head, info = _setup(args)
+    import platform
+
+    args.device_name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
+    tr = info.get("training") or {}
+    print(f"head: {Path(args.head).name} ({sum(t.numel() for t in head.parameters()) / 1e6:.2f} M parameters; "
+          f"decoder {info.get('decoder_name')}; trained {tr.get('steps')} steps / {tr.get('minutes')} min on "
+          f"{len(tr.get('subjects') or [])} real subjects + synthetic; held out: {', '.join(tr.get('holdout') or [])})")
+    if not args.no_quality:
+        quality(args, backend, head, info)
+    if not args.no_timing:
+        timing(args, backend, head)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
