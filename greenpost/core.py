@@ -44,11 +44,14 @@ class GreenPostOptions:
     gamma: float = 1.0  # alpha gamma (>1 thins semi-transparent areas)
     local_screen: bool = True  # spatially varying screen colour (clean plate) instead of one flat key colour
     screen_cells: int = 64  # resolution of the clean plate (cells on the long side)
-    fg_model: bool = False  # per-pixel white point from the local foreground colour (thin/transparent structure)
-    fg_model_range: tuple = (0.8, 1.3)  # clamp of that per-pixel white point
+    fg_model: bool = True  # per-pixel white point from the local foreground colour (thin/transparent structure)
+    fg_model_range: tuple = (1.0, 1.3)  # clamp of that per-pixel white point
+    fg_model_reach: int = 3  # px from confidently opaque pixels within which the foreground model applies
+    fg_model_tol: float = 0.1  # colour distance from the screen-foreground line at which the model is ignored
     fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
-    refine_radius: int = 2  # guided-filter radius in px (0 = off)
-    refine_eps: float = 1e-3  # guided-filter regularisation (smaller keeps more edges)
+    refine_radius: int = 1  # guided-filter radius in px (0 = off)
+    refine_eps: float = 1e-4  # guided-filter regularisation (smaller keeps more edges)
+    refine_noise: float = 0.02  # canvas noise at which refinement applies fully (0 = always fully)
     despeckle_area: float = 2e-5  # faint islands smaller than this fraction of the image are removed (0 = off)
     hole_area: float = 0.0  # key-coloured holes smaller than this fraction of the image are filled (0 = off)
     unmix_reg: float = 0.01  # ridge of the unmixing where alpha is small
@@ -99,7 +102,7 @@ class GreenPostResult:
         return torch.cat([self.fg, self.alpha], dim=1)
 
 
-def _check_image(image) -> torch.Tensor:
+def _check_image(image) -> tuple[torch.Tensor, bool]:
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"image: expected a torch tensor [B,3,H,W], got {type(image).__name__}")
     if image.ndim == 3:
@@ -130,7 +133,7 @@ def _check_image(image) -> torch.Tensor:
     if c == 1:
         warnings.warn("image: greyscale input has no key colour; the result is opaque", NoKeyColourWarning, stacklevel=3)
         image = image.expand(-1, 3, -1, -1)
-    return image.clamp(0, 1)
+    return image.clamp(0, 1), c == 1
 
 
 def _check_alpha(alpha, image: torch.Tensor) -> torch.Tensor | None:
@@ -160,7 +163,7 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     """
     opts = GreenPostOptions.from_kwargs(**options)
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
-    image = _check_image(image)
+    image, grey = _check_image(image)
     given = _check_alpha(alpha, image)
     img = image.float()
     b, _, h, w = img.shape
@@ -168,7 +171,7 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     key = resolve_key_colour(key_colour, img, share=opts.share_key)
     high = key_channels(key)
     usable = key_dominance(key) >= MIN_KEY_DOMINANCE  # [B]
-    if image.shape[1] == 1:
+    if grey:
         usable = torch.zeros_like(usable)
 
     # 1. screen colour: local clean plate (or the flat key)
@@ -189,19 +192,29 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     if opts.fg_model:
         r_fg = local_colour(torch.cat([r, img], dim=1), opaque, cells=128, smooth=False)
         lo, hi = opts.fg_model_range
-        white = (white_base * (1.0 - r_fg[:, :1])).clamp(lo * white_base, hi * white_base).clamp(max=1.5)
+        white_fg = (white_base * (1.0 - r_fg[:, :1])).clamp(lo * white_base, hi * white_base).clamp(max=1.5)
+        near = dilate(opaque, opts.fg_model_reach) if opts.fg_model_reach > 0 else torch.ones_like(opaque)
         fg_local = r_fg[:, 1:]
+        # trust the model only where the pixel lies on the line between the screen and that foreground colour
+        kf = fg_local - screen
+        ki = img - screen
+        t = (ki * kf).sum(dim=1, keepdim=True) / (kf * kf).sum(dim=1, keepdim=True).clamp_min(1e-4)
+        resid = (ki - t.clamp(0, 1) * kf).norm(dim=1, keepdim=True)
+        on_line = (1.0 - resid / opts.fg_model_tol).clamp(0, 1)
+        white = white_base + near * on_line * (white_fg - white_base)
     a = ratio_to_alpha(r, black, torch.maximum(white, black + 0.05), opts.gamma)
 
     # 3. refinement: guided filter in the transition band, then despeckle
     if opts.refine_radius > 0:
         trans = ((a > 0.0) & (a < 1.0)).float()
         band = dilate(trans, opts.refine_radius)
-        a = guided_refine(img, a, opts.refine_radius, opts.refine_eps, band=band)
+        # denoising strength follows the canvas noise: a clean (generated) canvas keeps its exact key
+        wgt = (sigma / opts.refine_noise).clamp(0, 1)[:, None, None, None] if opts.refine_noise > 0 else 1.0
+        a = a + wgt * (guided_refine(img, a, opts.refine_radius, opts.refine_eps, band=band) - a)
     if high_quality:
         from .hq import band_matting
 
-        a = band_matting(img, a, screen, high)
+        a = band_matting(img, a)
     if opts.despeckle_area > 0 or opts.hole_area > 0:
         a = despeckle(a, int(round(opts.despeckle_area * h * w)), int(round(opts.hole_area * h * w)))
 

@@ -1,3 +1,112 @@
-"""Nodes: greenpost (filled in by its issue)."""
+"""GreenPost node: key a green-canvas image (optionally with the matting head's alpha) into straight RGBA."""
 
-NODES = []
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..common.colour import KEY_PRESETS
+from ..greenpost import green_post, resolve_key_colour
+from .common import category, check_interrupted, intermediate_device
+
+KEY_CHOICES = ["auto", *KEY_PRESETS, "custom hex"]
+CHUNK = 4  # frames keyed at a time (bounded memory for long 4K batches)
+
+
+def _to_image(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(1, -1).contiguous().float().to(intermediate_device())
+
+
+def _to_mask(x: torch.Tensor) -> torch.Tensor:
+    return x[:, 0].contiguous().float().to(intermediate_device())
+
+
+class DiffuMattingGreenPost(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffuMattingGreenPost",
+            display_name="GreenPost",
+            category=category("keying"),
+            description="Key an image of an object on a (near-)green canvas into a straight foreground, an alpha and "
+            "a mask: robust key colour, colour difference against a spatially varying screen, edge-preserving "
+            "refinement, unmixing against the key colour and despill. No model weights. With an alpha from "
+            "MattingHeadDecode, that alpha is kept and only the canvas is cleaned, the colour unmixed and despilled.",
+            inputs=[
+                io.Image.Input("image", tooltip="The image on a green (or blue, magenta, any) canvas; a batch or video "
+                               "frames work."),
+                io.Mask.Input("alpha", optional=True, tooltip="Optional alpha to keep, 1 = opaque (e.g. "
+                              "MattingHeadDecode 'alpha'). Not a ComfyUI mask: LoadImage's mask is 1 = transparent."),
+                io.Combo.Input("key_colour", options=KEY_CHOICES, default="auto",
+                               tooltip="The canvas colour: 'auto' estimates it from the image; presets; or "
+                               "'custom hex' to use the hex field."),
+                io.String.Input("key_hex", default="#00B140", tooltip="Key colour as #RRGGBB, used when key_colour "
+                                "is 'custom hex'."),
+                io.Boolean.Input("share_key_across_batch", default=True, tooltip="Estimate one key colour for the "
+                                 "whole batch (stable across video frames); off: one per image."),
+                io.Float.Input("clip_black", default=0.0, min=0.0, max=0.5, step=0.005, tooltip="Extra black point: "
+                               "raise to make faint canvas noise fully transparent (added to the automatic, "
+                               "noise-adaptive black point)."),
+                io.Float.Input("clip_white", default=1.0, min=0.5, max=1.0, step=0.005, tooltip="White point: lower "
+                               "to make a slightly key-tinted subject fully opaque (the noise-adaptive part is "
+                               "subtracted from it)."),
+                io.Float.Input("despill", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="Despill strength: how "
+                               "much key-colour spill is removed from the foreground colour."),
+                io.Float.Input("preserve_luminance", default=0.0, min=0.0, max=1.0, step=0.05, tooltip="Fraction of "
+                               "the luminance removed by despill that is added back (keeps despilled areas bright)."),
+                io.Int.Input("refine_radius", default=1, min=0, max=16, tooltip="Guided-filter radius (px) of the "
+                             "edge refinement, scaled by the canvas noise; 0 = off."),
+                io.Boolean.Input("high_quality", default=False, tooltip="Also solve closed-form matting in the "
+                                 "uncertain band (slower, needs CPU)."),
+            ],
+            outputs=[
+                io.Image.Output("fg", display_name="fg", tooltip="Straight (not premultiplied) foreground RGB."),
+                io.Mask.Output("alpha", display_name="alpha", tooltip="Alpha, 1 = opaque foreground."),
+                io.Mask.Output("mask", display_name="mask", tooltip="ComfyUI mask polarity: 1 = transparent "
+                               "(= 1 - alpha), for nodes like JoinImageWithAlpha."),
+                io.Image.Output("rgba", display_name="rgba", tooltip="4-channel IMAGE: straight RGB + alpha "
+                                "(1 = opaque)."),
+                io.Mask.Output("spill", display_name="spill", tooltip="Spill map: how much key colour was removed "
+                               "from each pixel, 0..1."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, key_colour, key_hex, share_key_across_batch, clip_black, clip_white, despill,
+                preserve_luminance, refine_radius, high_quality, alpha=None) -> io.NodeOutput:
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image: expected an IMAGE [B,H,W,3], got {shape}")
+        x = image.movedim(-1, 1).float()
+        if x.shape[1] == 4:
+            x = x[:, :3]  # an RGBA IMAGE: key its colour; connect its alpha as 'alpha' to keep it
+        grey = x.shape[1] == 1
+        if grey:
+            x = x.expand(-1, 3, -1, -1)  # no key colour in grey: GreenPost warns and returns it opaque
+        a = None
+        if alpha is not None:
+            a = alpha.reshape(-1, 1, alpha.shape[-2], alpha.shape[-1]).float()
+            if a.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"alpha: mask size {tuple(a.shape[-2:])} (HxW) must match the image size "
+                                 f"{tuple(x.shape[-2:])}")
+            if a.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"alpha: batch of {a.shape[0]} masks for {x.shape[0]} images")
+        key = key_hex if key_colour == "custom hex" else key_colour
+        device = intermediate_device()
+        x = x.to(device)
+        keys = resolve_key_colour("green" if grey else key, x, share=share_key_across_batch)  # one pass over the batch, then chunks
+        outs = []
+        for i in range(0, x.shape[0], CHUNK):
+            check_interrupted()
+            ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + CHUNK]).to(device)
+            outs.append(green_post(x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK], alpha=ai, key_colour=keys[i : i + CHUNK], high_quality=high_quality,
+                                   black=clip_black, white=clip_white, despill=despill,
+                                   luma_preserve=preserve_luminance, refine_radius=refine_radius))
+        fg = torch.cat([r.fg for r in outs])
+        al = torch.cat([r.alpha for r in outs])
+        spill = torch.cat([r.spill for r in outs])
+        return io.NodeOutput(_to_image(fg), _to_mask(al), _to_mask(1.0 - al), _to_image(torch.cat([fg, al], dim=1)),
+                             _to_mask(spill))
+
+
+NODES = [DiffuMattingGreenPost]

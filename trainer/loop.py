@@ -444,6 +444,10 @@ def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _try_resume(trainer: GreenTrainer, out_dir) -> int:
+    # a run killed while writing leaves a hidden temporary file (never a truncated checkpoint): remove it
+    for stale in _ckpt_dir(out_dir).glob(f".{CKPT_PREFIX}*.partial*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     for step, path in reversed(list_checkpoints(out_dir)):
         try:
             tensors, info = read_checkpoint(path)

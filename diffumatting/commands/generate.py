@@ -17,7 +17,7 @@ import sys
 from ..cli import CLIError
 
 DATASET_NODE = "DiffuMattingSaveMattingDataset"
-DEFAULT_WORKFLOW = os.path.join("workflows", "api", "data_factory.json")
+DEFAULT_WORKFLOW = os.path.join("workflows", "api", "09_data_factory.json")
 SEED_INPUTS = ("seed", "noise_seed")
 SUBJECT_INPUTS = ("subject",)
 

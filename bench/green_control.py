@@ -1,0 +1,114 @@
+"""Benchmark: sampling time per step with and without the GreenControl patch, same model, same run.
+
+Runs ComfyUI in-process on CPU (``COMFYUI_PATH`` or ``--comfyui``) with random-weight models built by the test
+harness's builders (tiny SD1.5, and the full-size SD1.5 architecture), samples the same latent with the plain
+and the patched model, interleaved (A B A B ...) so drift from other jobs on the machine cancels, and prints the
+median seconds per step of each and the overhead ratio.
+
+    COMFYUI_PATH=/work/comfyui nice -n 10 /work/comfyui/.venv/bin/python bench/green_control.py
+    ... --models tiny --steps 3 --repeats 5      # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def bootstrap(comfyui: Path):
+    if not (comfyui / "comfy" / "model_management.py").is_file():
+        sys.exit(f"--comfyui: {comfyui} is not a ComfyUI checkout (set COMFYUI_PATH)")
+    sys.path.insert(0, str(comfyui))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import utils.extra_config  # noqa: F401  (before anything imports ComfyUI's `nodes`)
+
+    # the pack's code through its alias package (never the repo root on sys.path: it has a `nodes` package)
+    sys.path.insert(0, str(REPO_ROOT))
+    import diffumatting  # noqa: F401
+
+    sys.path.remove(str(REPO_ROOT))
+    from diffumatting.nodes import green_control as gc
+
+    spec = importlib.util.spec_from_file_location("_dm_harness", REPO_ROOT / "tests" / "integration" / "conftest.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    return gc, harness
+
+
+def build(harness, which: str):
+    if which == "tiny":
+        return harness.build_models("sd15", harness.TINY_UNET["sd15"], harness.TINY_VAE_DDCONFIG,
+                                    harness.TINY_TEXT_ENCODER, seed=11)[:3]
+    if which == "sd15":
+        return harness.build_models("sd15", harness.FULL_SD15_UNET, harness.FULL_VAE_DDCONFIG, None, seed=5)[:3]
+    raise SystemExit(f"--models: unknown model {which!r} (tiny, sd15)")
+
+
+def time_run(sample, model, steps, pos, neg, latent, noise) -> float:
+    t0 = time.perf_counter()
+    out = sample(model, noise, steps, 7.0, "euler", "normal", pos, neg, latent, disable_pbar=True, seed=0)
+    elapsed = time.perf_counter() - t0
+    assert out.isfinite().all()
+    return elapsed / steps
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", str(REPO_ROOT.parent / "comfyui")))
+    p.add_argument("--models", default="tiny,sd15", help="comma list of: tiny, sd15 (full size)")
+    p.add_argument("--size", type=int, default=256, help="image size in pixels (square)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (interleaved)")
+    p.add_argument("--batch", type=int, default=1)
+    a = p.parse_args(argv)
+
+    gc, harness = bootstrap(Path(a.comfyui).resolve())
+    import comfy.sample
+    import torch
+
+    torch.manual_seed(0)
+    rows = []
+    for which in [m.strip() for m in a.models.split(",") if m.strip()]:
+        model, clip, vae = build(harness, which)
+        patched, pos, neg, sink, _ = gc.apply_green_control(
+            model, clip, vae, "a red apple", "", "green", 0.8, 1.0, gc.DEFAULT_SUFFIX, gc.DEFAULT_NEGATIVE_SUFFIX,
+            0.3, 0.3, 0.0)
+        latent = torch.zeros(a.batch, 4, a.size // 8, a.size // 8)
+        noise = comfy.sample.prepare_noise(latent, 0)
+        variants = {"plain": model, "patched": patched}
+        times = {k: [] for k in variants}
+        for k, m in variants.items():  # warm-up: model load, allocator
+            time_run(comfy.sample.sample, m, 1, pos, neg, latent, noise)
+        for _ in range(a.repeats):
+            for k, m in variants.items():
+                times[k].append(time_run(comfy.sample.sample, m, a.steps, pos, neg, latent, noise))
+        if sink.anchored == 0:
+            raise SystemExit("the patched runs never anchored: the benchmark would not measure the patch")
+        plain, patched_t = statistics.median(times["plain"]), statistics.median(times["patched"])
+        rows.append((which, plain, patched_t, min(times["plain"]), min(times["patched"])))
+        print(f"[{which}] plain s/step: {[round(t, 3) for t in times['plain']]}  "
+              f"patched s/step: {[round(t, 3) for t in times['patched']]}", flush=True)
+        del model, clip, vae, patched
+
+    print()
+    print(f"GreenControl overhead, {a.size}x{a.size} px, batch {a.batch}, euler, cfg 7, {a.steps} steps x "
+          f"{a.repeats} interleaved runs (CPU, {torch.get_num_threads()} threads)")
+    print(f"| model | plain s/step (median) | patched s/step (median) | overhead (median) | overhead (best) |")
+    print("|---|---|---|---|---|")
+    for which, plain, patched_t, plain_min, patched_min in rows:
+        print(f"| {which} | {plain:.3f} | {patched_t:.3f} | {100 * (patched_t / plain - 1):+.1f} % | "
+              f"{100 * (patched_min / plain_min - 1):+.1f} % |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+#!/usr/bin/env python
+"""Keying benchmark: GreenPost against classical keyers on real ground-truth mattes over a synthetic green screen.
+
+    .venv/bin/python bench/keying.py                      # both variants, all methods, ../shared/data/mattes
+    .venv/bin/python bench/keying.py --variant real --methods greenpost,baseline --per-subject
+    .venv/bin/python bench/keying.py --frame-4k           # also key one 3840x2160 frame (memory / time check)
+
+Each subject (``<dir>/<name>/alpha.png`` + ``image.png`` or ``fg.png`` as the foreground colour) is composited in
+sRGB, ``I = a F + (1 - a) B``, over a synthetic screen in two variants, seeded from the subject's name:
+- ``clean``: one flat green per subject (hue, saturation and brightness drawn around a chroma green), 8-bit;
+- ``real``: that green with a linear lighting gradient, vignetting, a smooth low-frequency fabric modulation, green
+  spill onto the subject near its edges (screen light times the subject's albedo), read + shot noise, 8-bit and
+  JPEG quality 90.
+Methods: ``greenpost`` (default mode), ``greenpost_hq`` (high-quality switch), ``baseline`` (plain colour
+difference ``G - max(R, B)`` against the estimated screen colour, unmixing and despill, black/white points tuned
+per variant on a grid), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
+by multi-level estimation). Metrics (bench/metrics.py): SAD, MSE, Grad, Conn on alpha and the premultiplied
+foreground MSE, whole image. Time: median seconds per megapixel of the keyer call, all methods single-threaded
+(``--threads``) in the same run. Ratios are against ``baseline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import os
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "mattes"
+
+
+def _import_pack():
+    if "diffumatting" not in sys.modules:
+        sys.path.insert(0, str(REPO))
+        try:
+            import diffumatting  # noqa: F401
+        finally:
+            sys.path.remove(str(REPO))
+    sys.path.insert(0, str(HERE))
+
+
+_import_pack()
+import metrics  # noqa: E402  (bench/metrics.py)
+
+# ------------------------------------------------------------------------------------------------ data + screen
+
+
+def load_subjects(data_dir: Path, limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """-> [(name, fg HxWx3 float32 [0,1], alpha HxW float32 [0,1])] sorted by name."""
+    import cv2
+
+    out = []
+    for d in sorted(p for p in data_dir.iterdir() if (p / "alpha.png").is_file()):
+        a = cv2.imread(str(d / "alpha.png"), cv2.IMREAD_UNCHANGED)
+        a = (a[..., 0] if a.ndim == 3 else a).astype(np.float32) / (65535.0 if a.dtype == np.uint16 else 255.0)
+        colour = d / "fg.png" if (d / "fg.png").is_file() else d / "image.png"
+        fg = cv2.imread(str(colour), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+        if fg.shape[:2] != a.shape:
+            raise ValueError(f"{d.name}: colour {fg.shape[:2]} and alpha {a.shape} differ in size")
+        out.append((d.name, np.ascontiguousarray(fg), a))
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def _rng(name: str, stream: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(f"diffumatting-keying|{name}|{stream}".encode()))
+
+
+def synth_shot(name: str, fg: np.ndarray, alpha: np.ndarray, variant: str) -> np.ndarray:
+    """-> the green-screen shot HxWx3 float32 in [0,1] (8-bit values), deterministic in (name, variant)."""
+    import cv2
+    from scipy.ndimage import gaussian_filter
+
+    r = _rng(name, "screen")
+    h0, s0, v0 = colorsys.rgb_to_hsv(40 / 255, 180 / 255, 70 / 255)
+    hue = (h0 + r.uniform(-8, 8) / 360) % 1.0
+    sat = float(np.clip(s0 * r.uniform(0.88, 1.1), 0, 1))
+    val = float(np.clip(v0 * r.uniform(0.85, 1.1), 0, 1))
+    screen = np.array(colorsys.hsv_to_rgb(hue, sat, val), np.float32)
+    h, w = alpha.shape
+    plate = np.broadcast_to(screen, (h, w, 3)).astype(np.float32)
+    lit = fg
+    if variant == "real":
+        r = _rng(name, "real")
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        half = max(h, w) / 2
+        u, v = (xx - w / 2) / half, (yy - h / 2) / half
+        angle = r.uniform(0, 2 * np.pi)
+        light = 1 + 0.5 * r.uniform(0.05, 0.2) * (u * np.cos(angle) + v * np.sin(angle))
+        light *= 1 - r.uniform(0.05, 0.25) * np.clip((u * u + v * v) / 2, 0, 1)
+        grid = r.standard_normal((5, 5)).astype(np.float32)
+        fabric = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        light *= 1 + r.uniform(0.01, 0.04) * fabric / (np.abs(fabric).max() + 1e-6)
+        plate = np.clip(screen * light[..., None], 0, 1).astype(np.float32)
+        sigma = r.uniform(0.008, 0.025) * float(np.hypot(h, w))
+        near = gaussian_filter(1 - alpha, sigma, mode="nearest")[..., None]
+        lit = np.clip(fg + r.uniform(0.15, 0.4) * near * (0.3 + 0.7 * fg) * plate, 0, 1)
+        read, shot = r.uniform(0.003, 0.008), r.uniform(0.0002, 0.0008)
+    comp = alpha[..., None] * lit + (1 - alpha[..., None]) * plate
+    if variant == "real":
+        noise = _rng(name, "noise").standard_normal(comp.shape).astype(np.float32)
+        comp = comp + np.sqrt(read**2 + shot * np.clip(comp, 0, 1)) * noise
+    img8 = np.round(np.clip(comp, 0, 1) * 255).astype(np.uint8)
+    if variant == "real":
+        ok, buf = cv2.imencode(".jpg", img8[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        img8 = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    return np.ascontiguousarray(img8.astype(np.float32) / 255.0)
+
+
+# ------------------------------------------------------------------------------------------------------ methods
+
+# Plain colour-difference keyer: alpha = clamp((1 - r - black) / (white - black)), r = (G - max(R,B)) / that of the
+# screen colour (median of strongly green pixels). Grid-tuned per variant on the development mattes.
+BASELINE_PARAMS = {"clean": {"black": 0.0, "white": 1.0}, "real": {"black": 0.03, "white": 0.87}}
+BASELINE_GRID = [(b, w) for b in (0.0, 0.015, 0.03, 0.05, 0.08) for w in (0.7, 0.8, 0.87, 0.9, 0.95, 1.0)]
+
+
+def _screen_estimate(img: np.ndarray) -> np.ndarray:
+    d = img[..., 1] - np.maximum(img[..., 0], img[..., 2])
+    top = float(np.percentile(d, 99))
+    if top <= 0.05:
+        return np.array([40 / 255, 180 / 255, 70 / 255], np.float32)
+    return np.median(img[d > 0.5 * top], axis=0).astype(np.float32)
+
+
+def baseline_keyer(img: np.ndarray, black: float, white: float) -> tuple[np.ndarray, np.ndarray]:
+    """Colour difference + unmixing against the flat screen colour + despill (G <= max(R, B))."""
+    k = _screen_estimate(img)
+    dk = max(float(k[1] - max(k[0], k[2])), 0.05)
+    r = (img[..., 1] - np.maximum(img[..., 0], img[..., 2])) / dk
+    a = np.clip((1 - r - black) / (white - black), 0, 1).astype(np.float32)
+    safe = np.maximum(a, 1e-3)[..., None]
+    fg = np.where(a[..., None] > 1e-3, np.clip((img - (1 - a[..., None]) * k) / safe, 0, 1), img)
+    fg[..., 1] = np.minimum(fg[..., 1], np.maximum(fg[..., 0], fg[..., 2]))
+    return a, fg
+
+
+def pymatting_keyer(img: np.ndarray, black: float, white: float, margin: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form matting (Levin et al.) on a trimap from the baseline key (confident parts eroded by margin px)."""
+    import cv2
+    from pymatting import estimate_alpha_cf, estimate_foreground_ml
+
+    rough, _ = baseline_keyer(img, black, white)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+    fg = cv2.erode((rough >= 0.98).astype(np.uint8), kernel)
+    bg = cv2.erode((rough <= 0.02).astype(np.uint8), kernel)
+    trimap = np.full(rough.shape, 0.5)
+    trimap[fg > 0], trimap[bg > 0] = 1.0, 0.0
+    if not (fg.any() and bg.any()):
+        return rough, img
+    a = np.clip(estimate_alpha_cf(img.astype(np.float64), trimap), 0, 1)
+    return a.astype(np.float32), estimate_foreground_ml(img.astype(np.float64), a).astype(np.float32)
+
+
+def greenpost_keyer(img: np.ndarray, high_quality: bool = False, **options) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from diffumatting.greenpost import green_post
+
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    res = green_post(t, high_quality=high_quality, **options)
+    return res.alpha[0, 0].numpy(), res.fg[0].permute(1, 2, 0).numpy()
+
+
+def make_methods(names: list[str], variant: str, baseline_params: dict) -> dict:
+    bp = baseline_params[variant]
+    table = {
+        "greenpost": lambda im: greenpost_keyer(im),
+        "greenpost_hq": lambda im: greenpost_keyer(im, high_quality=True),
+        "baseline": lambda im: baseline_keyer(im, **bp),
+        "pymatting": lambda im: pymatting_keyer(im, **bp),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(table)}")
+    return {n: table[n] for n in names}
+
+
+# -------------------------------------------------------------------------------------------------------- runs
+
+
+def tune_baseline(subjects, shots) -> dict:
+    best = None
+    for black, white in BASELINE_GRID:
+        m = float(np.mean([metrics.mse(baseline_keyer(img, black, white)[0], a) for (_, _, a), img in zip(subjects, shots)]))
+        if best is None or m < best[0]:
+            best = (m, black, white)
+    return {"black": best[1], "white": best[2]}
+
+
+def run_variant(subjects, variant: str, names: list[str], baseline_params: dict, repeats: int, per_subject: bool):
+    shots = [synth_shot(n, fg, a, variant) for n, fg, a in subjects]
+    if "tune" in baseline_params:
+        baseline_params = dict(baseline_params)
+        baseline_params[variant] = tune_baseline(subjects, shots)
+        print(f"[{variant}] baseline tuned: {baseline_params[variant]}", flush=True)
+    methods = make_methods(names, variant, baseline_params)
+    results = {}
+    for mname, fn in methods.items():
+        fn(shots[0][:128, :128].copy())  # warm-up: imports, JIT
+        rows, times = [], []
+        for i, ((sname, fg, gt), img) in enumerate(zip(subjects, shots)):
+            mp = gt.size / 1e6
+            out = None
+            for _ in range(repeats if i < 5 else 1):
+                t0 = time.perf_counter()
+                res = fn(img)
+                times.append((time.perf_counter() - t0) / mp)
+                out = out or res
+            alpha, pred_fg = out
+            if not (np.isfinite(alpha).all() and np.isfinite(pred_fg).all()):
+                raise SystemExit(f"{mname} returned NaN/inf on {sname}")
+            rows.append(dict(subject=sname, **metrics.all_metrics(np.clip(alpha, 0, 1), gt, np.clip(pred_fg, 0, 1), fg)))
+            print(f"  [{variant}] {mname:13s} {sname:32s} MSE {rows[-1]['MSE']:7.3f}  FgMSE {rows[-1]['FgMSE']:6.3f}",
+                  flush=True)
+        results[mname] = dict(rows=rows, sec_per_mp=statistics.median(times))
+    return results
+
+
+def format_table(variant: str, results: dict, per_subject: bool) -> str:
+    keys = ["SAD", "MSE", "Grad", "Conn", "FgMSE"]
+    base = results.get("baseline")
+    lines = [f"### {variant} (n={len(next(iter(results.values()))['rows'])})", "",
+             "| method | SAD /1e3 | MSE x1e3 | Grad /1e3 | Conn /1e3 | FgMSE x1e3 | s/MP | MSE / base | FgMSE / base "
+             "| worst subject MSE / base | time / base |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        mean = {k: float(np.mean([row[k] for row in r["rows"]])) for k in keys}
+        if base:
+            bmean = {k: float(np.mean([row[k] for row in base["rows"]])) for k in keys}
+            worst = max(row["MSE"] / max(brow["MSE"], 1e-9) for row, brow in zip(r["rows"], base["rows"]))
+            ratios = (f"{mean['MSE'] / bmean['MSE']:.3f} | {mean['FgMSE'] / bmean['FgMSE']:.3f} | {worst:.2f} | "
+                      f"{r['sec_per_mp'] / base['sec_per_mp']:.2f}")
+        else:
+            ratios = "- | - | - | -"
+        lines.append(f"| {name} | {mean['SAD']:.2f} | {mean['MSE']:.3f} | {mean['Grad']:.2f} | {mean['Conn']:.2f} | "
+                     f"{mean['FgMSE']:.3f} | {r['sec_per_mp']:.3f} | {ratios} |")
+    if per_subject:
+        names = list(results)
+        lines += ["", "| subject | " + " | ".join(f"{n} MSE" for n in names) + " |", "|---|" + "---:|" * len(names)]
+        for i, row in enumerate(next(iter(results.values()))["rows"]):
+            lines.append(f"| {row['subject']} | " + " | ".join(f"{results[n]['rows'][i]['MSE']:.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def frame_4k() -> str:
+    """Key one synthetic 3840x2160 frame with the default mode; report time and peak resident memory."""
+    import resource
+
+    import torch
+
+    from diffumatting.greenpost import green_post
+
+    h, w = 2160, 3840
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.clip(1.0 - (np.hypot(xx - w / 2, yy - h / 2) - 700) / 40, 0, 1).astype(np.float32)
+    fg = np.stack([0.8 * np.ones_like(a), 0.3 + 0.2 * (xx / w), 0.2 * np.ones_like(a)], -1)
+    img = synth_shot("frame4k", fg, a, "real")
+    del yy, xx
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    res = green_post(torch.from_numpy(img).permute(2, 0, 1)[None])
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    err = metrics.mse(res.alpha[0, 0].numpy(), a)
+    return (f"4K frame (3840x2160, real variant): {dt:.2f} s ({dt / (h * w / 1e6):.3f} s/MP), alpha MSE x1e3 {err:.3f}, "
+            f"peak RSS {peak:.0f} MiB (before keying {before:.0f} MiB), finite: {bool(torch.isfinite(res.alpha).all())}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("DIFFUMATTING_MATTES", DEFAULT_DATA)))
+    ap.add_argument("--variant", choices=["clean", "real", "both"], default="both")
+    ap.add_argument("--methods", default="greenpost,greenpost_hq,baseline,pymatting")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N subjects")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs on each of the first 5 subjects")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (numpy baselines are single-threaded)")
+    ap.add_argument("--tune-baseline", action="store_true", help="grid-search the baseline's black/white points")
+    ap.add_argument("--per-subject", action="store_true", help="also print per-subject MSE")
+    ap.add_argument("--frame-4k", action="store_true", help="also key one 3840x2160 frame")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.data.is_dir():
+        print(f"error: no mattes folder at {args.data} (pass --data)", file=sys.stderr)
+        return 2
+    subjects = load_subjects(args.data, args.limit)
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    bp = dict(BASELINE_PARAMS)
+    if args.tune_baseline:
+        bp["tune"] = True
+    variants = ["clean", "real"] if args.variant == "both" else [args.variant]
+    tables = []
+    for v in variants:
+        res = run_variant(subjects, v, names, bp, args.repeats, args.per_subject)
+        tables.append(format_table(v, res, args.per_subject))
+    print()
+    print(f"Keying benchmark on {args.data} ({len(subjects)} subjects), torch threads {args.threads}")
+    for t in tables:
+        print()
+        print(t)
+    if args.frame_4k:
+        print()
+        print(frame_4k())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
