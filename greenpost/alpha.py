@@ -52,15 +52,22 @@ def estimate_screen(image: torch.Tensor, key: torch.Tensor, high: torch.Tensor, 
                     margin: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """image [B,3,H,W], key [B,3] -> (screen [B,3,H,W] local clean plate, confident-canvas map [B,1,H,W]).
 
-    Confident canvas: pixels whose colour difference is at least 0.7 of the key's and whose colour is near the
-    key, eroded by ``margin`` px; their colour is averaged per cell and interpolated under the subject.
+    Two passes: pixels whose colour difference is at least 0.7 of the key's and whose colour is near the key give
+    a rough plate; then only pixels within the canvas noise of that plate (eroded by ``margin`` px) are averaged
+    per cell and interpolated under the subject (push-pull), so semi-transparent edges do not leak into it.
     """
     k = key[:, :, None, None]
     r = difference_ratio(image, k, high)
     near = (image - k).abs().amax(dim=1, keepdim=True) < 0.3
-    conf = ((r > 0.7) & (r < 1.6) & near).to(image.dtype)
-    conf = erode(conf, margin)
+    conf = erode(((r > 0.7) & (r < 1.6) & near).to(image.dtype), margin)
     has = conf.flatten(1).mean(dim=1) > 0.01
+    rough = local_colour(image, conf, cells=cells)
+    r2 = difference_ratio(image, rough, high)
+    dev = (r2 - 1).abs() * conf
+    # robust spread of r on the rough canvas (cheap: mean absolute deviation, ~0.8 sigma)
+    spread = dev.flatten(1).sum(1) / conf.flatten(1).sum(1).clamp_min(1)
+    tol = (4.0 * spread).clamp(0.03, 0.3)[:, None, None, None]
+    conf = erode((((r2 - 1).abs() < tol) & (conf > 0)).to(image.dtype), margin)
     screen = local_colour(image, conf, cells=cells)
     # Images with almost no visible canvas: keep the global key colour.
     screen = torch.where(has[:, None, None, None], screen, k.expand_as(screen))

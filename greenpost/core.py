@@ -44,17 +44,19 @@ class GreenPostOptions:
     gamma: float = 1.0  # alpha gamma (>1 thins semi-transparent areas)
     local_screen: bool = True  # spatially varying screen colour (clean plate) instead of one flat key colour
     screen_cells: int = 64  # resolution of the clean plate (cells on the long side)
-    fg_model: bool = True  # per-pixel white point from the local foreground colour (thin/transparent structure)
-    fg_model_range: tuple = (1.0, 1.3)  # clamp of that per-pixel white point
-    fg_model_reach: int = 3  # px from confidently opaque pixels within which the foreground model applies
-    fg_model_tol: float = 0.1  # colour distance from the screen-foreground line at which the model is ignored
+    fg_model: bool = True  # local foreground colour model: projection alpha on the screen-foreground line
+    fg_cells: int = 128  # resolution of the local foreground colour (cells on the long side)
+    fg_model_reach: int = 16  # px from confidently opaque pixels within which the foreground model applies
+    fg_model_tol: float = 0.05  # colour distance from the screen-foreground line at which the model is ignored
+    fg_erode: int = 2  # erosion (px) of the opaque region that feeds the foreground colour model
+    fg_local_min: bool = True  # and keep only pixels at the local minimum of the difference ratio
     fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
     refine_radius: int = 1  # guided-filter radius in px (0 = off)
     refine_eps: float = 1e-4  # guided-filter regularisation (smaller keeps more edges)
     refine_noise: float = 0.02  # canvas noise at which refinement applies fully (0 = always fully)
     despeckle_area: float = 2e-5  # faint islands smaller than this fraction of the image are removed (0 = off)
     hole_area: float = 0.0  # key-coloured holes smaller than this fraction of the image are filled (0 = off)
-    unmix_reg: float = 0.01  # ridge of the unmixing where alpha is small
+    unmix_reg: float = 0.001  # ridge of the unmixing where alpha is small
     despill: float = 1.0  # despill strength 0..1
     despill_limit: str = "max"  # "max" (G <= max(R,B)) or "avg" (G <= (R+B)/2)
     luma_preserve: float = 0.0  # fraction of the despilled luminance added back, 0..1
@@ -185,24 +187,29 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     black = (opts.black + opts.noise_black * sigma).clamp(0, 0.2)[:, None, None, None]
     white_base = (opts.white - opts.noise_white * sigma).clamp(0.6, 1.0)[:, None, None, None]
 
-    # 2. foreground colour model: per-pixel white point from nearby confidently opaque pixels
-    opaque = erode((r < opts.fg_opaque).float(), 3)
-    white = white_base
+    # 2. alpha: colour difference; where a local foreground colour is known (nearby opaque pixels) and the pixel
+    #    lies on the line between the screen and that colour, the exact projection onto that line instead
+    # confidently opaque: clearly off-key, and at the local minimum of r (ramps into the canvas are excluded)
+    r_min = erode(r, 3)
+    tol_min = (3.0 * sigma).clamp(min=0.04)[:, None, None, None]
+    opaque = erode((r < opts.fg_opaque).float(), opts.fg_erode)
+    if opts.fg_local_min:
+        opaque = opaque * ((r - r_min) < tol_min).float()
+    white = torch.maximum(white_base, black + 0.05)
+    a = ratio_to_alpha(r, black, white, opts.gamma)
     fg_local = None
     if opts.fg_model:
-        r_fg = local_colour(torch.cat([r, img], dim=1), opaque, cells=128, smooth=False)
-        lo, hi = opts.fg_model_range
-        white_fg = (white_base * (1.0 - r_fg[:, :1])).clamp(lo * white_base, hi * white_base).clamp(max=1.5)
-        near = dilate(opaque, opts.fg_model_reach) if opts.fg_model_reach > 0 else torch.ones_like(opaque)
-        fg_local = r_fg[:, 1:]
-        # trust the model only where the pixel lies on the line between the screen and that foreground colour
+        fg_local = local_colour(img, opaque, cells=opts.fg_cells, smooth=False)
         kf = fg_local - screen
         ki = img - screen
-        t = (ki * kf).sum(dim=1, keepdim=True) / (kf * kf).sum(dim=1, keepdim=True).clamp_min(1e-4)
+        kf2 = (kf * kf).sum(dim=1, keepdim=True)
+        t = (ki * kf).sum(dim=1, keepdim=True) / kf2.clamp_min(1e-4)
         resid = (ki - t.clamp(0, 1) * kf).norm(dim=1, keepdim=True)
-        on_line = (1.0 - resid / opts.fg_model_tol).clamp(0, 1)
-        white = white_base + near * on_line * (white_fg - white_base)
-    a = ratio_to_alpha(r, black, torch.maximum(white, black + 0.05), opts.gamma)
+        trust = (1.0 - resid / opts.fg_model_tol).clamp(0, 1) * (kf2 > 0.01).float()
+        if opts.fg_model_reach > 0:
+            trust = trust * dilate(opaque, opts.fg_model_reach)
+        a_proj = ratio_to_alpha(1.0 - t, black, white, opts.gamma)
+        a = a + trust * (a_proj - a)
 
     # 3. refinement: guided filter in the transition band, then despeckle
     if opts.refine_radius > 0:

@@ -200,3 +200,38 @@ def load_tiny_autoencoder(path: str | os.PathLike, dtype: torch.dtype = torch.fl
     ae = TinyAutoencoder(encoder, decoder, name=name).eval()
     ae.requires_grad_(False)
     return ae
+
+
+def random_tiny_autoencoder(latent_channels: int = 4, width: int = 8, seed: int = 0, pool: bool = False,
+                            ) -> TinyAutoencoder:
+    """A TAESD-layout autoencoder with random weights and narrow layers (tests, examples): built through the same
+    state-dict path as the real weights."""
+    g = torch.Generator().manual_seed(seed)
+
+    def blk():
+        return TinyBlock(width, width, pool=pool)
+
+    dec = nn.Sequential(
+        LatentClamp(), nn.Conv2d(latent_channels, width, 3, padding=1), nn.ReLU(),
+        blk(), blk(), nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1, bias=False),
+        blk(), nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1, bias=False),
+        blk(), nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1, bias=False),
+        blk(), nn.Conv2d(width, 3, 3, padding=1),
+    )
+    enc = nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), blk(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), blk(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), blk(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), blk(),
+        nn.Conv2d(width, latent_channels, 3, padding=1),
+    )
+    states = []
+    for m in (enc, dec):
+        sd = {}
+        for k, v in m.state_dict().items():
+            sd[k] = torch.randn(v.shape, generator=g) * (0.5 / max(1, v[0].numel()) ** 0.5) if v.ndim > 1 else \
+                (torch.ones_like(v) if "pool.1.weight" in k else torch.zeros_like(v))
+        states.append(sd)
+    ae = TinyAutoencoder(build_encoder(states[0]), build_decoder(states[1]), name="random-taesd").eval()
+    ae.requires_grad_(False)
+    return ae

@@ -325,3 +325,19 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
     save_head(cfg.out, head, info, training)
     log_fn(f"wrote {cfg.out} ({stop_reason}, step {step})")
     return cfg.out
+
+
+def export_checkpoint(ckpt: str, out: str, decoder_info: dict) -> str:
+    """Write the head weights of a training checkpoint as a head file (e.g. to evaluate a run in progress)."""
+    from safetensors import safe_open
+
+    with safe_open(ckpt, framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
+    cfg = json.loads(meta.get("config", "{}"))
+    head = MattingHead(decoder_info["tap_channels"], cfg.get("head_config") or {})
+    head.load_state_dict(state)
+    save_head(out, head, decoder_info, {"steps": int(meta.get("step", 0)), "from_checkpoint": os.path.basename(ckpt),
+                                         "subjects": (cfg.get("notes") or {}).get("subjects", []),
+                                         **(cfg.get("notes") or {})})
+    return out

@@ -25,11 +25,23 @@ def comfy_available() -> bool:
     return "comfy.model_management" in sys.modules
 
 
+def _accelerator_available() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
 def import_comfy(comfyui_path: str | os.PathLike | None = None, cpu: bool | None = None) -> types.SimpleNamespace:
     """-> namespace with ComfyUI's ``model_management``, ``sd``, ``utils``, ``lora`` modules and its ``root``.
 
-    ``comfyui_path`` defaults to ``$COMFYUI_PATH``. ``cpu=True`` forces ComfyUI's ``--cpu`` mode (only effective
-    before ComfyUI's model management is first imported). Raises ``ValueError`` when no ComfyUI is found.
+    ``comfyui_path`` defaults to ``$COMFYUI_PATH``. ``cpu=True`` forces ComfyUI's ``--cpu`` mode, ``None`` picks it
+    when torch sees no accelerator (only effective before ComfyUI's model management is first imported). Raises ``ValueError`` when no ComfyUI is found.
     """
     if not comfy_available():
         path = comfyui_path or os.environ.get("COMFYUI_PATH", "")
@@ -51,6 +63,8 @@ def import_comfy(comfyui_path: str | os.PathLike | None = None, cpu: bool | None
                 del sys.modules[name]
         from comfy.cli_args import args  # noqa: I001  (must precede comfy.model_management)
 
+        if cpu is None:
+            cpu = not _accelerator_available()  # a CUDA build of torch on a machine without a GPU
         if cpu:
             args.cpu = True
     mm = importlib.import_module("comfy.model_management")

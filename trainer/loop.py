@@ -210,7 +210,8 @@ class GreenTrainer:
         self.device = model_patcher.load_device
         for p in self.unet.parameters():
             p.requires_grad_(False)
-        self.lora = LoRANetwork(self.unet, options.rank, options.alpha, options.targets, options.conv_rank)
+        self.lora = LoRANetwork(self.unet, options.rank, options.alpha, options.targets, options.conv_rank,
+                                seed=options.seed)
         self.lora.to(self.device, torch.float32)
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.amp_dtype = self._amp_dtype()

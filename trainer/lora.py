@@ -57,7 +57,7 @@ def find_targets(unet: nn.Module, kinds=("attn", "conv")) -> list[tuple[str, nn.
 class LoRALayer(nn.Module):
     """Low-rank delta of one Linear/Conv2d: ``x -> scale * up(down(x))``; ``up`` starts at zero (no change)."""
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator | None = None):
         super().__init__()
         if isinstance(base, nn.Conv2d):
             self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
@@ -69,7 +69,7 @@ class LoRALayer(nn.Module):
             self.up = nn.Linear(rank, base.out_features, bias=False)
         else:
             raise ValueError(f"base: expected nn.Linear or nn.Conv2d, got {type(base).__name__}")
-        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5, generator=generator)
         nn.init.zeros_(self.up.weight)
         self.rank = rank
         self.alpha = float(alpha)
@@ -82,10 +82,11 @@ class LoRALayer(nn.Module):
 
 class LoRANetwork(nn.Module):
     """All LoRA layers of a UNet. ``attach()`` hooks them in, ``detach()`` removes the hooks; ``multiplier``
-    scales every delta (0 = base model). Parameters are float32 by default (keep them so under autocast)."""
+    scales every delta (0 = base model). Parameters are float32 by default (keep them so under autocast); their
+    initial values depend only on ``seed`` and the UNet's layout."""
 
     def __init__(self, unet: nn.Module, rank: int = 16, alpha: float | None = None, targets=("attn", "conv"),
-                 conv_rank: int | None = None, conv_alpha: float | None = None):
+                 conv_rank: int | None = None, conv_alpha: float | None = None, seed: int = 0):
         super().__init__()
         for name, v in (("rank", rank), ("conv_rank", conv_rank)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -99,13 +100,14 @@ class LoRANetwork(nn.Module):
         self.paths: list[str] = []
         self.layers = nn.ModuleDict()
         self._bases: dict[str, nn.Module] = {}
+        gen = torch.Generator().manual_seed(int(seed))  # the initial weights are a function of the seed
         for path, mod in find_targets(unet, self.targets):
             is_conv = isinstance(mod, nn.Conv2d)
             r = conv_rank if is_conv else rank
             a = conv_alpha if is_conv else alpha
             r = min(r, mod.in_channels if is_conv else mod.in_features, mod.out_channels if is_conv else mod.out_features)
             key = path.replace(".", "_")
-            self.layers[key] = LoRALayer(mod, r, a * r / (conv_rank if is_conv else rank))
+            self.layers[key] = LoRALayer(mod, r, a * r / (conv_rank if is_conv else rank), gen)
             self.paths.append(path)
             self._bases[key] = mod
         self.multiplier = 1.0

@@ -186,12 +186,14 @@ WORKFLOWS = [
              "NAME --prompts prompts.txt --count 1000 --out DIR",
         nodes=[
             ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15}),
-            ("sample", "DiffuMattingGreenControlSampler", _sampler(subject="a knitted wool hat", batch=1)),
+            ("seed", "PrimitiveInt", {"value": 1234, "__control": "increment"}),
+            ("subject", "PrimitiveStringMultiline", {"value": "a knitted wool hat"}),
+            ("sample", "DiffuMattingGreenControlSampler", _sampler(subject=("subject", 0), seed=("seed", 0))),
             ("decode", "VAEDecode", {"samples": ("sample", 0), "vae": ("ckpt", 2)}),
             ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0))),
             ("dataset", "DiffuMattingSaveMattingDataset", {"image": ("decode", 0), "fg": ("key", "fg"),
                                                            "alpha": ("key", "alpha"), "folder": "diffumatting_dataset",
-                                                           "prompt": "a knitted wool hat", "seed": 1234,
+                                                           "prompt": ("subject", 0), "seed": ("seed", 0),
                                                            "model": SD15}),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
         ],
@@ -223,11 +225,11 @@ def is_widget(kind, options) -> bool:
     return kind in WIDGET_TYPES and not options.get("forceInput")
 
 
-def extra_widgets(name, kind, options) -> list:
+def extra_widgets(name, kind, options, control="fixed") -> list:
     """UI-only widget values the frontend stores after an input's value (seed control, upload button)."""
     out = []
     if kind == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed")):
-        out.append("fixed")
+        out.append(control)
     if options.get("image_upload") or options.get("video_upload") or options.get("upload"):
         out.append("image")
     return out
@@ -249,13 +251,15 @@ def build(wf: dict, infos: dict) -> tuple[dict, dict]:
     api, links, ui_nodes = {}, [], []
     depth = {}
     for key, kind, values in wf["nodes"]:
-        srcs = [v[0] for v in values.values() if isinstance(v, tuple)]
+        srcs = [v[0] for k, v in values.items() if isinstance(v, tuple)]
         depth[key] = 1 + max((depth[s] for s in srcs), default=-1)
     column_y: dict[int, float] = {}
     link_id = 0
     out_links: dict[tuple[int, int], list[int]] = {}
     for order, (key, kind, values) in enumerate(wf["nodes"]):
         info = infos[kind]
+        values = dict(values)
+        control = values.pop("__control", "fixed")
         known = {n for n, _, _, _ in info["inputs"]}
         unknown = set(values) - known
         if unknown:
@@ -277,7 +281,7 @@ def build(wf: dict, infos: dict) -> tuple[dict, dict]:
                 ui_inputs.append(entry)
                 if widget:
                     widgets.append(options.get("default", (options.get("options") or [None])[0]))
-                    widgets.extend(extra_widgets(name, itype, options))
+                    widgets.extend(extra_widgets(name, itype, options, control))
                 continue
             if not widget:
                 if not optional:
@@ -294,7 +298,7 @@ def build(wf: dict, infos: dict) -> tuple[dict, dict]:
             api_inputs[name] = value
             ui_inputs.append({"name": name, "type": itype, "widget": {"name": name}, "link": None})
             widgets.append(value)
-            widgets.extend(extra_widgets(name, itype, options))
+            widgets.extend(extra_widgets(name, itype, options, control))
         api[str(ids[key])] = {"class_type": kind, "inputs": api_inputs, "_meta": {"title": key}}
         d = depth[key]
         y = column_y.get(d, 80.0)

@@ -80,9 +80,16 @@ def build_prompt(template: dict, *, checkpoint: str | None, subject: str, seed: 
         inputs = node.setdefault("inputs", {})
         kind = node["class_type"]
         if kind == DATASET_NODE:
-            inputs.update(name=name, prompt=subject, seed=seed, folder=folder)
+            inputs.update(name=name, folder=folder)
+            for key, value in (("prompt", subject), ("seed", seed)):
+                if not isinstance(inputs.get(key), list):
+                    inputs[key] = value
             if checkpoint is not None:
                 inputs["model"] = checkpoint
+            continue
+        title = str(node.get("_meta", {}).get("title", "")).lower()
+        if kind.startswith("Primitive") and title in ("seed", "subject"):
+            inputs["value"] = seed if title == "seed" else subject
             continue
         if kind == "CheckpointLoaderSimple" and checkpoint is not None:
             inputs["ckpt_name"] = checkpoint

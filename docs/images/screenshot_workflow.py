@@ -31,11 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float) -> None:
+def wait_http(url: str, timeout: float, proc=None) -> None:
     import urllib.request
 
     end = time.time() + timeout
     while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited with status {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -89,6 +91,20 @@ async def capture(debug_port: int, page_url: str, workflow: dict, out: str, widt
                 f.write(base64.b64decode(shot["data"]))
 
 
+def fit_view(workflow: dict, width: int, height: int, margin: int = 30) -> dict:
+    """Set the saved canvas view (extra.ds) so every node is visible: screen = (pos + offset) * scale."""
+    xs0 = min(n["pos"][0] for n in workflow["nodes"])
+    ys0 = min(n["pos"][1] for n in workflow["nodes"])
+    xs1 = max(n["pos"][0] + n["size"][0] for n in workflow["nodes"])
+    ys1 = max(n["pos"][1] + n["size"][1] for n in workflow["nodes"])
+    top = 90  # the page's menu bar
+    scale = min((width - 2 * margin) / (xs1 - xs0), (height - top - 2 * margin) / (ys1 - ys0), 1.0)
+    offset = [margin / scale - xs0, (top + margin) / scale - ys0]
+    workflow = dict(workflow)
+    workflow["extra"] = {**workflow.get("extra", {}), "ds": {"scale": scale, "offset": offset}}
+    return workflow
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -103,7 +119,7 @@ def main(argv: list[str]) -> int:
         print("chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
     with open(workflow_path, encoding="utf-8") as f:
-        workflow = json.load(f)
+        workflow = fit_view(json.load(f), 1600, 860)
     tmp = tempfile.mkdtemp(prefix="dm-shot-")
     nodes_dir = os.path.join(tmp, "custom_nodes")
     os.makedirs(nodes_dir)
@@ -111,6 +127,12 @@ def main(argv: list[str]) -> int:
     yaml_path = os.path.join(tmp, "extra.yaml")
     with open(yaml_path, "w") as f:
         f.write(f"shot:\n  base_path: {tmp}\n  custom_nodes: custom_nodes\n")
+    for sub in ("user", "output", "temp"):
+        os.makedirs(os.path.join(tmp, sub))
+    # a first start would open the template browser over the canvas: mark the tutorial as seen
+    os.makedirs(os.path.join(tmp, "user", "default"))
+    with open(os.path.join(tmp, "user", "default", "comfy.settings.json"), "w") as f:
+        json.dump({"Comfy.TutorialCompleted": True}, f)
     port, debug_port = free_port(), free_port()
     env = dict(os.environ)
     server = subprocess.Popen(
@@ -121,13 +143,13 @@ def main(argv: list[str]) -> int:
         cwd=comfyui, env=env, stdout=open(os.path.join(tmp, "server.log"), "w"), stderr=subprocess.STDOUT)
     browser = None
     try:
-        wait_http(f"http://127.0.0.1:{port}/object_info/DiffuMattingAlphaComposite", 300)
+        wait_http(f"http://127.0.0.1:{port}/object_info/DiffuMattingAlphaComposite", 300, server)
         browser = subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              f"--remote-debugging-port={debug_port}", f"--user-data-dir={os.path.join(tmp, 'chrome')}",
              "--window-size=1600,900", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_http(f"http://127.0.0.1:{debug_port}/json/version", 60)
+        wait_http(f"http://127.0.0.1:{debug_port}/json/version", 60, browser)
         asyncio.run(capture(debug_port, f"http://127.0.0.1:{port}/", workflow, out, 1600, 900))
         print(f"wrote {out} (server log: {tmp}/server.log)")
     finally:

@@ -137,3 +137,19 @@ def test_factory_input_errors(tmp_path):
     with pytest.raises(CLIError, match="count"):
         generate.run_factory(lambda p: None, TEMPLATE, ["x"], 0, str(tmp_path / "d"), ".", checkpoint=None,
                              progress=False)
+
+
+def test_build_prompt_sets_seed_and_subject_primitives():
+    template = {
+        "1": {"class_type": "PrimitiveInt", "inputs": {"value": 1}, "_meta": {"title": "seed"}},
+        "2": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "old"}, "_meta": {"title": "subject"}},
+        "3": {"class_type": "PrimitiveInt", "inputs": {"value": 5}, "_meta": {"title": "other"}},
+        "4": {"class_type": "DiffuMattingGreenControlSampler", "inputs": {"seed": ["1", 0], "subject": ["2", 0]}},
+        "5": {"class_type": "DiffuMattingSaveMattingDataset",
+              "inputs": {"name": "", "prompt": ["2", 0], "seed": ["1", 0], "folder": "x", "model": ""}},
+    }
+    p = generate.build_prompt(template, checkpoint=None, subject="a cat", seed=9, name="gen_000009", folder=".")
+    assert p["1"]["inputs"]["value"] == 9 and p["2"]["inputs"]["value"] == "a cat"
+    assert p["3"]["inputs"]["value"] == 5  # untitled primitives are left alone
+    assert p["4"]["inputs"] == {"seed": ["1", 0], "subject": ["2", 0]}  # links stay links
+    assert p["5"]["inputs"]["name"] == "gen_000009" and p["5"]["inputs"]["model"] == ""

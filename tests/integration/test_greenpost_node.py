@@ -1,0 +1,83 @@
+"""GreenPost node (DiffuMattingGreenPost) inside a real ComfyUI: outputs, polarity, batches, given alpha, errors."""
+
+from __future__ import annotations
+
+import torch
+
+from diffumatting.greenpost import green_post
+
+DEFAULTS = {"key_colour": "auto", "key_hex": "#00B140", "share_key_across_batch": True, "clip_black": 0.0,
+            "clip_white": 1.0, "despill": 1.0, "preserve_luminance": 0.0, "refine_radius": 1, "high_quality": False}
+
+
+def _img(node_id, w=96, h=64, batch=1, kind="greenscreen"):
+    return {node_id: {"class_type": "DMTestImage", "inputs": {"width": w, "height": h, "batch": batch, "kind": kind}}}
+
+
+def _capture(node_id, src, key):
+    return {node_id: {"class_type": "DMTestCapture", "inputs": {"value": src, "key": key}}}
+
+
+def _greenpost(node_id, image, alpha=None, **kw):
+    inputs = {"image": image, **DEFAULTS, **kw}
+    if alpha is not None:
+        inputs["alpha"] = alpha
+    return {node_id: {"class_type": "DiffuMattingGreenPost", "inputs": inputs}}
+
+
+def test_node_is_registered_with_its_schema(comfy):
+    cls = comfy.node_classes["DiffuMattingGreenPost"]
+    info = cls.INPUT_TYPES()
+    assert {"image", "key_colour", "despill"} <= set(info["required"]) and "alpha" in info["optional"]
+    assert tuple(cls.RETURN_NAMES) == ("fg", "alpha", "mask", "rgba", "spill")
+    assert tuple(cls.RETURN_TYPES) == ("IMAGE", "MASK", "MASK", "IMAGE", "MASK")
+    assert cls.CATEGORY == "DiffuMatting/keying"
+
+
+def test_node_outputs_and_polarity_in_a_workflow(comfy, run_prompt):
+    prompt = {**_img("1", batch=3), **_greenpost("2", ["1", 0]),
+              **_capture("3", ["2", 0], "fg"), **_capture("4", ["2", 1], "alpha"), **_capture("5", ["2", 2], "mask"),
+              **_capture("6", ["2", 3], "rgba"), **_capture("7", ["2", 4], "spill"),
+              **_capture("8", ["1", 0], "image"), **_capture("9", ["1", 1], "true_alpha")}
+    out = run_prompt(prompt)
+    assert out["fg"].shape == (3, 64, 96, 3) and out["rgba"].shape == (3, 64, 96, 4)
+    assert out["alpha"].shape == out["mask"].shape == out["spill"].shape == (3, 64, 96)
+    for key in ("fg", "alpha", "mask", "rgba", "spill"):
+        t = out[key]
+        assert torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1, key
+    assert torch.allclose(out["mask"], 1 - out["alpha"])  # ComfyUI polarity: 1 = transparent
+    assert torch.equal(out["rgba"][..., 3], out["alpha"]) and torch.equal(out["rgba"][..., :3], out["fg"])
+    # the test image's true matte is recovered: opaque centre, transparent corners (its striped magenta-to-blue
+    # disc with a 3 px soft edge is hard for any colour-difference key, hence the loose bound)
+    assert ((out["alpha"] - out["true_alpha"]) ** 2).mean() < 6e-3
+    assert out["alpha"][:, 32, 48].min() > 0.98 and out["alpha"][:, 2, 2].max() < 0.02
+    # the node is the core with the same options (one shared key for the batch)
+    core = green_post(out["image"].movedim(-1, 1), share_key=True)
+    assert torch.allclose(out["alpha"], core.alpha[:, 0], atol=1e-5)
+
+
+def test_node_keeps_a_given_alpha_and_accepts_a_hex_key(comfy, run_prompt):
+    prompt = {**_img("1", batch=2), **_greenpost("2", ["1", 0], alpha=["1", 1], key_colour="custom hex",
+                                                 key_hex="#00B040"),
+              **_capture("3", ["2", 1], "alpha"), **_capture("4", ["1", 1], "given")}
+    out = run_prompt(prompt)
+    inside = out["given"] > 0.05
+    assert torch.equal(out["alpha"][inside], out["given"][inside])
+
+
+def test_node_refuses_a_mismatched_alpha(comfy, run_prompt):
+    prompt = {**_img("1", w=96, h=64), **_img("9", w=32, h=32), **_greenpost("2", ["1", 0], alpha=["9", 1]),
+              **_capture("3", ["2", 1], "alpha")}
+    err = run_prompt(prompt, expect_error=True)["execution_error"]
+    assert "alpha" in err["exception_message"] and "must match" in err["exception_message"]
+
+
+def test_node_with_an_image_without_key_colour_gives_opaque(comfy, run_prompt):
+    # ComfyUI's own EmptyImage: a flat grey picture has no key colour -> defined, fully opaque result, no NaN
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 2,
+                                                           "color": 0x808080}},
+              **_greenpost("2", ["1", 0]), **_capture("3", ["2", 1], "alpha"), **_capture("4", ["2", 0], "fg"),
+              **_capture("5", ["1", 0], "image")}
+    out = run_prompt(prompt)
+    assert torch.isfinite(out["alpha"]).all() and out["alpha"].min() == 1.0
+    assert torch.allclose(out["fg"], out["image"])

@@ -1,0 +1,254 @@
+"""GreenPost core: exact reconstruction on a flat canvas, key colours, polarity/ranges, bad inputs, given alpha."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from diffumatting.greenpost import GreenPostResult, NoKeyColourWarning, estimate_key_colour, green_post
+from diffumatting.greenpost.unmix import despill, unmix
+
+GREEN = torch.tensor([0.10, 0.70, 0.28])
+
+
+def composite(fg: torch.Tensor, alpha: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """fg [B,3,H,W], alpha [B,1,H,W], key [3] or [B,3,H,W] -> I = a F + (1 - a) K."""
+    k = key.view(1, 3, 1, 1) if key.ndim == 1 else key
+    return alpha * fg + (1 - alpha) * k
+
+
+def scene(h=96, w=128, fg_colour=(0.5, 0.45, 0.4), b=1):
+    """An object with a flat colour, a soft ramp edge (alpha 0..1 over 24 px) and a fully transparent border."""
+    xs = torch.arange(w).float()[None, :].expand(h, w)
+    ys = torch.arange(h).float()[:, None].expand(h, w)
+    alpha = ((xs - 40) / 24).clamp(0, 1) * ((ys > 16) & (ys < h - 16) & (xs < w - 12)).float()
+    alpha = alpha[None, None].expand(b, 1, h, w).contiguous()
+    fg = torch.tensor(fg_colour).view(1, 3, 1, 1).expand(b, 3, h, w).contiguous()
+    return fg, alpha
+
+
+@pytest.mark.parametrize("fg_colour", [(0.5, 0.5, 0.5), (0.2, 0.15, 0.1), (0.55, 0.45, 0.40), (0.9, 0.6, 0.7)])
+def test_flat_canvas_composite_is_reconstructed_exactly(fg_colour):
+    fg, alpha = scene(fg_colour=fg_colour)
+    image = composite(fg, alpha, GREEN)
+    res = green_post(image, key_colour=GREEN)
+    assert torch.allclose(res.alpha, alpha, atol=2e-3), (res.alpha - alpha).abs().max()
+    solid = alpha > 0.2
+    assert torch.allclose(res.fg.expand_as(fg)[solid.expand_as(fg)], fg[solid.expand_as(fg)], atol=1e-2)
+    # the composite of the result reproduces the input image
+    assert torch.allclose(composite(res.fg, res.alpha, GREEN), image, atol=3e-3)
+
+
+def test_auto_key_matches_the_canvas_and_reconstructs():
+    fg, alpha = scene()
+    image = composite(fg, alpha, GREEN)
+    key = estimate_key_colour(image)
+    assert key.shape == (1, 3)
+    assert torch.allclose(key[0], GREEN, atol=0.01)
+    res = green_post(image)
+    assert torch.allclose(res.alpha, alpha, atol=3e-3)
+
+
+@pytest.mark.parametrize("name, key", [("blue", (0.0, 0.28, 0.73)), ("magenta", (1.0, 0.0, 1.0)),
+                                       ("#0033FF", (0.0, 0.2, 1.0))])
+def test_other_key_colours(name, key):
+    key = torch.tensor(key)
+    fg, alpha = scene(fg_colour=(0.5, 0.5, 0.45))
+    image = composite(fg, alpha, key)
+    est = estimate_key_colour(image)[0]
+    assert torch.allclose(est, key, atol=0.02)
+    for kc in (name, "auto"):
+        res = green_post(image, key_colour=kc)
+        assert torch.allclose(res.alpha, alpha, atol=0.02), (kc, (res.alpha - alpha).abs().max())
+
+
+def test_key_estimate_robust_to_gradient_and_a_large_subject():
+    h, w = 120, 160
+    fg, alpha = scene(h, w)
+    grad = torch.linspace(0.85, 1.1, w).view(1, 1, 1, w)
+    plate = (GREEN.view(1, 3, 1, 1) * grad).clamp(0, 1).expand(1, 3, h, w)
+    image = composite(fg, alpha, plate)
+    key = estimate_key_colour(image)[0]
+    assert (key - GREEN).abs().max() < 0.06
+    res = green_post(image)
+    flat = green_post(image, local_screen=False)
+    err_local = ((res.alpha - alpha) ** 2).mean()
+    err_flat = ((flat.alpha - alpha) ** 2).mean()
+    assert err_local < err_flat  # the spatially varying screen removes the gradient's error
+    assert err_local < 1e-4
+
+
+def test_outputs_polarity_ranges_and_types():
+    fg, alpha = scene(b=2)
+    image = composite(fg, alpha, GREEN)
+    res = green_post(image)
+    assert isinstance(res, GreenPostResult)
+    assert res.fg.shape == (2, 3, 96, 128) and res.alpha.shape == (2, 1, 96, 128)
+    assert res.spill.shape == (2, 1, 96, 128) and res.key_colour.shape == (2, 3)
+    for t in (res.fg, res.alpha, res.spill, res.mask):
+        assert torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1
+    # alpha: 1 = opaque on the object, 0 on the canvas; mask is ComfyUI's polarity
+    assert res.alpha[:, :, 50, 100].min() > 0.99 and res.alpha[:, :, 5, 5].max() < 0.01
+    assert torch.equal(res.mask, 1 - res.alpha)
+    rgba = res.rgba()
+    assert rgba.shape == (2, 4, 96, 128) and torch.equal(rgba[:, 3:], res.alpha) and torch.equal(rgba[:, :3], res.fg)
+
+
+def test_spill_is_removed_and_mapped():
+    fg, alpha = scene(fg_colour=(0.5, 0.5, 0.5))
+    spilled = (fg + 0.15 * GREEN.view(1, 3, 1, 1) * (alpha < 1).float()).clamp(0, 1)
+    image = composite(spilled, alpha, GREEN)
+    res = green_post(image, key_colour=GREEN)
+    edge = (alpha > 0.5) & (alpha < 1)
+    g_minus = res.fg[:, 1:2] - torch.maximum(res.fg[:, :1], res.fg[:, 2:])
+    assert g_minus[edge].max() <= 1e-5  # no green excess left
+    assert res.spill[edge].mean() > 0.05  # and the spill map shows where it was
+    assert res.spill[alpha == 0].max() == 0
+
+
+def test_despill_luminance_preserving():
+    fg = torch.tensor([0.3, 0.8, 0.3]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    high = torch.tensor([[False, True, False]])
+    plain, s = despill(fg, high)
+    kept, _ = despill(fg, high, luma_preserve=1.0)
+    luma = torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)
+    assert torch.allclose(s, torch.full_like(s, 0.5))
+    assert torch.allclose(plain[0, :, 0, 0], torch.tensor([0.3, 0.3, 0.3]))
+    assert torch.allclose((kept * luma).sum(1), (fg * luma).sum(1), atol=1e-6)
+    assert kept[0, 1, 0, 0] <= kept[0, 0, 0, 0] + 1e-6
+
+
+def test_unmix_is_exact_and_regularised():
+    fg = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    alpha = torch.linspace(0, 1, 64).view(1, 1, 8, 8)
+    image = composite(fg, alpha, GREEN)
+    out = unmix(image, alpha, GREEN.view(1, 3, 1, 1), prior=torch.full_like(fg, 0.5), reg=1e-6)
+    big = (alpha > 0.05).expand_as(fg)
+    assert torch.allclose(out[big], fg[big], atol=1e-3)
+    reg = unmix(image, alpha, GREEN.view(1, 3, 1, 1), prior=torch.full_like(fg, 0.5), reg=0.01)
+    assert torch.allclose(reg[:, :, 0, 0], torch.full((1, 3), 0.5))  # alpha 0: the prior, no division by zero
+
+
+def test_given_alpha_is_kept_and_canvas_cleaned():
+    fg, alpha = scene()
+    image = composite(fg, alpha, GREEN)
+    head = (alpha * 0.9 + 0.02).clamp(0, 1)  # a matting head's alpha with a faint haze on the canvas
+    res = green_post(image, alpha=head)
+    canvas = alpha == 0
+    assert res.alpha[canvas].max() == 0  # haze on confident canvas removed
+    inside = alpha > 0.05
+    assert torch.equal(res.alpha[inside], head[inside])  # the matte itself is kept
+    # the colour is unmixed with the given alpha
+    assert torch.isfinite(res.fg).all()
+
+
+def test_shared_key_across_batch_and_batch_equals_single():
+    fg, alpha = scene(b=1)
+    a = composite(fg, alpha, GREEN)
+    b = composite(fg, alpha, torch.tensor([0.12, 0.66, 0.30]))
+    batch = torch.cat([a, b])
+    shared = green_post(batch, share_key=True)
+    assert torch.equal(shared.key_colour[0], shared.key_colour[1])
+    separate = green_post(batch)
+    assert not torch.equal(separate.key_colour[0], separate.key_colour[1])
+    single = green_post(b)
+    assert torch.allclose(separate.alpha[1:], single.alpha, atol=1e-6)
+    assert torch.allclose(separate.fg[1:], single.fg, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes_are_kept(dtype):
+    fg, alpha = scene()
+    image = composite(fg, alpha, GREEN).to(dtype)
+    res = green_post(image)
+    assert res.alpha.dtype == dtype and res.fg.dtype == dtype
+    assert torch.isfinite(res.alpha.float()).all()
+    assert ((res.alpha.float() - alpha) ** 2).mean() < 1e-3
+
+
+def test_integer_images_are_accepted():
+    fg, alpha = scene()
+    image = composite(fg, alpha, GREEN)
+    as8 = (image * 255).round().to(torch.uint8)
+    res = green_post(as8)
+    assert res.alpha.dtype == torch.float32
+    assert ((res.alpha - alpha) ** 2).mean() < 1e-4
+
+
+def test_greyscale_and_no_key_colour_warn_and_give_opaque_result():
+    grey = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(NoKeyColourWarning):
+        res = green_post(grey)
+    assert torch.equal(res.alpha, torch.ones_like(res.alpha))
+    assert torch.allclose(res.fg, grey.expand(1, 3, 32, 32))
+    photo = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(2)) * 0.2 + 0.4  # no saturated canvas
+    with pytest.warns(NoKeyColourWarning, match="no recognisable key colour"):
+        res = green_post(photo)
+    assert torch.isfinite(res.alpha).all() and torch.isfinite(res.fg).all()
+    assert res.alpha.min() == 1.0
+
+
+def test_grey_key_colour_warns():
+    fg, alpha = scene()
+    with pytest.warns(NoKeyColourWarning, match="too close to grey"):
+        res = green_post(composite(fg, alpha, GREEN), key_colour="#808080")
+    assert torch.equal(res.alpha, torch.ones_like(res.alpha))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.rand(1, 4, 16, 16), "4 channels"),
+    (torch.rand(1, 2, 16, 16), "expected 3 channels"),
+    (torch.rand(1, 3, 4, 16), "too small"),
+    (torch.rand(16, 16), r"expected \[B,3,H,W\]"),
+    (torch.rand(1, 3, 16, 16) * 255, r"values in \[0, 1\]"),
+    (torch.full((1, 3, 16, 16), float("nan")), "NaN"),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.int64), "expected float"),
+    ("image.png", "torch tensor"),
+])
+def test_bad_images_are_refused_with_a_clear_message(bad, match):
+    with pytest.raises(ValueError, match=match):
+        green_post(bad)
+
+
+def test_bad_alpha_and_options_are_refused():
+    image = composite(*scene(), GREEN)
+    with pytest.raises(ValueError, match="alpha"):
+        green_post(image, alpha=torch.ones(1, 1, 10, 10))
+    with pytest.raises(ValueError, match="unknown option"):
+        green_post(image, strength=2)
+    with pytest.raises(ValueError, match="white"):
+        green_post(image, black=0.5, white=0.4)
+    with pytest.raises(ValueError, match="key_colour"):
+        green_post(image, key_colour="chartreuse-ish")
+
+
+def test_despeckle_removes_faint_islands_only():
+    fg, alpha = scene()
+    image = composite(fg, alpha, GREEN)
+    speck = image.clone()
+    speck[:, :, 5:7, 5:7] = 0.7 * GREEN.view(1, 3, 1, 1) + 0.3 * 0.5  # a faint 2x2 speck on the canvas
+    res = green_post(speck, key_colour=GREEN)
+    assert res.alpha[:, :, 5:7, 5:7].max() == 0
+    kept = green_post(speck, key_colour=GREEN, despeckle_area=0)
+    assert kept.alpha[:, :, 5:7, 5:7].max() > 0.2
+
+
+def test_high_quality_mode_runs_and_stays_close():
+    fg, alpha = scene()
+    image = composite(fg, alpha, GREEN)
+    res = green_post(image, high_quality=True)
+    assert torch.isfinite(res.alpha).all() and res.alpha.min() >= 0 and res.alpha.max() <= 1
+    assert ((res.alpha - alpha) ** 2).mean() < 1e-3
+
+
+def test_no_nan_on_degenerate_images():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoKeyColourWarning)
+        for img in (torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16), GREEN.view(1, 3, 1, 1).expand(1, 3, 16, 16)):
+            res = green_post(img.contiguous())
+            for t in (res.fg, res.alpha, res.spill):
+                assert torch.isfinite(t).all()
+    canvas_only = green_post(GREEN.view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous())
+    assert canvas_only.alpha.max() == 0

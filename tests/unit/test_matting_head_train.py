@@ -1,0 +1,100 @@
+"""Head training: a few steps on a tiny random TAESD-layout decoder; checkpoints, resume, final file."""
+
+from __future__ import annotations
+
+import torch
+from safetensors import safe_open
+
+from diffumatting.matting_head.data import Pair, green_canvas, load_pairs, random_crop
+from diffumatting.matting_head.procedural import procedural_matte
+from diffumatting.matting_head.train import TaesdBackend, TrainConfig, head_loss, train_head
+from diffumatting.matting_head.taesd import random_tiny_autoencoder
+from diffumatting.matting_head.weights import load_head
+
+SMALL = {"lateral": [8, 8, 8, 8], "width_8": 8, "width_16": 8, "width_32": 8, "width_4": 8, "width_2": 8,
+         "width_1": 8}
+
+
+def _cfg(tmp_path, steps, **kw):
+    return TrainConfig(out=str(tmp_path / "head.safetensors"), steps=steps, batch=2, crop=32, buffer=6,
+                       buffer_init=4, refresh=1, ckpt_every=2, head_config=SMALL, seed=5, **kw)
+
+
+def _pairs():
+    fg, a = procedural_matte(48, 3)
+    return [Pair("blob", fg, a)]
+
+
+def test_train_writes_checkpoints_and_final_head(tmp_path):
+    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
+    out = train_head(backend, _pairs(), _cfg(tmp_path, 3), progress=False, log_fn=lambda *_: None)
+    head, meta = load_head(out)
+    assert meta["training"]["steps"] == 3 and meta["training"]["subjects"] == ["blob"]
+    assert meta["decoder_fingerprint"] == backend.spec.fingerprint
+    ckpt = tmp_path / "head.ckpt.safetensors"
+    with safe_open(str(ckpt), framework="pt") as f:
+        assert f.metadata()["step"] == "3"
+        assert any(k.startswith("opt.") for k in f.keys())
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    """A run stopped after 2 steps (as if killed after its checkpoint) resumes at step 2, with the saved weights
+    and Adam moments, and finishes the planned steps."""
+    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
+    logs = []
+    train_head(backend, _pairs(), _cfg(tmp_path, 2), progress=False, log_fn=logs.append)
+    ckpt = tmp_path / "head.ckpt.safetensors"
+    with safe_open(str(ckpt), framework="pt") as f:
+        saved = {k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
+    # the final head after 2 steps equals the checkpointed weights
+    h2, _ = load_head(tmp_path / "head.safetensors")
+    for k, v in h2.state_dict().items():
+        assert torch.equal(v, saved[k])
+    logs.clear()
+    train_head(backend, _pairs(), _cfg(tmp_path, 4), progress=False, log_fn=logs.append)
+    assert any("resumed" in line and "step 2" in line for line in logs), logs
+    h4, meta = load_head(tmp_path / "head.safetensors")
+    assert meta["training"]["steps"] == 4
+    assert any(not torch.equal(v, saved[k]) for k, v in h4.state_dict().items()), "resumed run did not train"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    import pytest
+
+    (tmp_path / "head.ckpt.safetensors").write_bytes(b"junk")
+    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
+    with pytest.raises(ValueError, match="resume"):
+        train_head(backend, _pairs(), _cfg(tmp_path, 2), progress=False, log_fn=lambda *_: None)
+
+
+def test_loss_is_zero_for_a_perfect_prediction_and_positive_otherwise():
+    a = procedural_matte(32, 1)[1][None]
+    fg = torch.rand(1, 3, 32, 32)
+    canvas = green_canvas(32, 32, (0, 1, 0), False)[None]
+    image = a * fg + (1 - a) * canvas
+    loss, _ = head_loss({"alpha": a, "fg": fg}, a, fg, canvas, image)
+    assert loss.item() < 1e-6
+    worse, _ = head_loss({"alpha": (a + 0.2).clamp(0, 1), "fg": fg}, a, fg, canvas, image)
+    assert worse.item() > 0.05
+
+
+def test_data_helpers(tmp_path):
+    from diffumatting.common.images import save_png
+
+    d = tmp_path / "subj"
+    d.mkdir()
+    fg, a = procedural_matte(40, 2)
+    save_png(d / "image.png", fg)
+    save_png(d / "alpha.png", a.expand(3, -1, -1))
+    pairs = load_pairs(tmp_path)
+    assert pairs[0].name == "subj" and pairs[0].alpha.shape == (1, 40, 40)
+    g = torch.Generator().manual_seed(0)
+    cf, ca = random_crop(pairs[0].fg, pairs[0].alpha, 64, g)  # bigger than the image: padded
+    assert cf.shape == (3, 64, 64) and ca.shape == (1, 64, 64)
+    c = green_canvas(16, 16, (0, 1, 0), True, g)
+    assert c.shape == (3, 16, 16) and 0 <= c.min() and c.max() <= 1 and c.std() > 0
+    import pytest
+
+    with pytest.raises(ValueError, match="no \\(fg or image, alpha\\) pairs"):
+        load_pairs(d)

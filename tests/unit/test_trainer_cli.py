@@ -1,0 +1,89 @@
+"""The `train` command's argument handling (no ComfyUI needed: the checkpoint is never loaded here)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from diffumatting.cli import build_parser, main
+
+
+def _args(tmp_path, *extra):
+    return build_parser().parse_args(
+        ["train", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(tmp_path), "--out", str(tmp_path / "o"), *extra]
+    )
+
+
+def test_help_documents_every_training_option(capsys):
+    from diffumatting.trainer.loop import TrainOptions
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    flags = {
+        "out_dir": "--out", "weights": "--w-green", "t_min": "--t-range", "t_max": "--t-range", "resume": "--no-resume",
+        "progress": "--no-progress",
+    }
+    for f in dataclasses.fields(TrainOptions):
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        assert flag in text, f"{f.name} ({flag}) is not in --help"
+    for flag in ("--resolution", "--key-colour", "--scale", "--hflip", "--jitter", "--caption-suffix", "--caption-dropout",
+                 "--synthetic", "--comfyui", "--w-attn", "--w-canvas", "--w-tb"):
+        assert flag in text
+
+
+def test_options_mapping(tmp_path):
+    from diffumatting.commands.train import build_options
+
+    args = _args(tmp_path, "--steps", "7", "--grad-accum", "3", "--w-green", "0.25", "--w-tb", "2", "--t-range", "10,900",
+                 "--targets", "attn,ff", "--attn-levels", "4", "--no-resume", "--precision", "fp32")
+    o = build_options(args)
+    assert (o.steps, o.grad_accum, o.t_min, o.t_max, o.resume, o.precision) == (7, 3, 10, 900, False, "fp32")
+    assert o.weights.green == 0.25 and o.weights.tb == 2.0 and o.targets == ("attn", "ff") and o.attn_levels == (4,)
+
+
+def test_dataset_from_folder_plus_synthetic(tmp_path):
+    from diffumatting.commands.train import build_dataset
+    from diffumatting.synthetic import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "d", 2, 64, seed=0, caption="a cup")
+    args = build_parser().parse_args(["train", "--checkpoint", "x", "--data", str(tmp_path / "d"), "--out", str(tmp_path),
+                                      "--synthetic", "3", "--resolution", "64", "--key-colour", "blue"])
+    ds = build_dataset(args)
+    assert len(ds) == 5
+    item = ds[4]
+    assert item["image"].shape == (3, 64, 64)
+    from diffumatting.common.colour import parse_key_colour
+
+    assert ds.key.tolist() == parse_key_colour("blue").tolist()
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    rc = main(["train", "--checkpoint", str(tmp_path / "missing.safetensors"), "--data", str(tmp_path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --checkpoint") and err.count("\n") == 1
+
+
+def test_bad_option_value_is_one_line_error(tmp_path, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"x")
+    rc = main(["train", "--checkpoint", str(ckpt), "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--lr", "-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "lr" in err and err.count("\n") == 1
+
+
+def test_comfy_runtime_errors(tmp_path, monkeypatch):
+    import sys
+
+    from diffumatting.trainer import comfy_runtime
+
+    if "comfy.model_management" in sys.modules:
+        pytest.skip("ComfyUI already imported in this process")
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    with pytest.raises(ValueError, match="COMFYUI_PATH"):
+        comfy_runtime.import_comfy(None)
+    with pytest.raises(ValueError, match="not a ComfyUI folder"):
+        comfy_runtime.import_comfy(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint"):
+        comfy_runtime.load_checkpoint(tmp_path / "none.safetensors", tmp_path)
