@@ -147,6 +147,27 @@ def timing(args, backend, head):
     return rows
 
 
+def tiling(args, backend, head):
+    """Tiled (512 px tiles, 128 px overlap) against untiled head decode on the largest --sizes image."""
+    import torch
+
+    from diffumatting.matting_head.decode import decode_with_head
+
+    size = max(args.sizes)
+    z = _latent_for_size(backend, size)
+    with torch.inference_mode():
+        full = decode_with_head(backend.ae.decode, backend.spec, head, z)
+        tiled = decode_with_head(backend.ae.decode, backend.spec, head, z, tile=64, overlap=16)
+    print()
+    print(f"Tiled (512 px tiles, 128 px overlap) vs untiled, {size} px, TAEF2 + head")
+    print("| output | mean abs diff | 99.9th pct | max |")
+    print("|---|---|---|---|")
+    for k in ("image", "alpha", "fg"):
+        d = (full[k] - tiled[k]).abs().flatten().float()
+        q = d.kthvalue(max(1, int(0.999 * d.numel()))).values.item()
+        print(f"| {k} | {d.mean().item():.5f} | {q:.4f} | {d.max().item():.4f} |")
+
+
 def quality(args, backend, head, info):
     import torch
 
@@ -199,6 +220,65 @@ def quality(args, backend, head, info):
     return summary
 
 
+def kl_timing(args):
+    """Ratio against ComfyUI's full-size SD1.5 AutoencoderKL decoder (random weights; same architecture as SDXL's)."""
+    sys.path.insert(0, str(Path(args.comfyui).resolve()))
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True
+    import logging
+
+    import comfy.sd
+    import torch
+
+    from diffumatting.matting_head.decode import decode_with_head
+    from diffumatting.matting_head.network import MattingHead
+    from diffumatting.matting_head.taps import tap_spec
+
+    ddconfig = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
+                    num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+    logging.disable(logging.WARNING)
+    vae = comfy.sd.VAE(sd={}, config={"params": {"embed_dim": 4, "ddconfig": ddconfig}})
+    logging.disable(logging.NOTSET)
+    fsm = vae.first_stage_model.float().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in fsm.modules():
+            w = getattr(m, "weight", None)
+            if isinstance(w, torch.Tensor):
+                if "Norm" in type(m).__name__:
+                    w.fill_(1.0)
+                else:
+                    w.copy_(torch.randn(w.shape, generator=g) * (w[0].numel() ** -0.5 if w.ndim > 1 else 0.02))
+            b = getattr(m, "bias", None)
+            if isinstance(b, torch.Tensor):
+                b.zero_()
+    spec = tap_spec(fsm)
+    head = MattingHead(spec.channels).eval()
+
+    def dec(z):
+        return ((fsm.decode(z) + 1) / 2).clamp(0, 1)
+
+    print()
+    print(f"Cost against ComfyUI's full-size SD1.5 VAE decoder (random weights, {sum(p.numel() for p in fsm.decoder.parameters()) / 1e6:.1f} M "
+          f"decoder parameters; head {sum(p.numel() for p in head.parameters()) / 1e6:.2f} M for taps {spec.channels})")
+    print("| size | plain decode s | head path s | time ratio |")
+    print("|---|---|---|---|")
+    for size in args.kl_sizes:
+        z = torch.randn(1, 4, size // 8, size // 8, generator=g)
+        t = {"plain": [], "head": []}
+        with torch.inference_mode():
+            for _ in range(args.kl_repeats):
+                t0 = time.perf_counter()
+                dec(z)
+                t["plain"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                decode_with_head(dec, spec, head, z, key=torch.tensor([0.0, 1.0, 0.0]))
+                t["head"].append(time.perf_counter() - t0)
+        p, h = statistics.median(t["plain"]), statistics.median(t["head"])
+        print(f"| {size} | {p:.2f} | {h:.2f} | {h / p:.2f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <subject>/alpha.png + fg.png|image.png")
@@ -212,12 +292,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--greenpost-hq", action="store_true", help="GreenPost with high_quality=True (slower)")
     p.add_argument("--per-subject", action="store_true")
+    p.add_argument("--comfyui", default="", help="ComfyUI checkout: also time against its full-size SD1.5 VAE decoder")
+    p.add_argument("--kl-sizes", default="256", help="sizes for the SD1.5 VAE comparison (slow on CPU)")
+    p.add_argument("--kl-repeats", type=int, default=1)
     p.add_argument("--_child-mode", dest="child_mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_child-size", dest="child_size", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_mode:
         return child_main(args)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.kl_sizes = [int(s) for s in args.kl_sizes.split(",") if s]
     backend, head, info = _setup(args)
     import platform
 
@@ -230,6 +314,9 @@ def main(argv=None) -> int:
         quality(args, backend, head, info)
     if not args.no_timing:
         timing(args, backend, head)
+        tiling(args, backend, head)
+    if args.comfyui:
+        kl_timing(args)
     return 0
 
 

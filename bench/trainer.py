@@ -72,12 +72,14 @@ def main(argv=None) -> int:
         ("DiffuMatting joint loss", LossWeights()),
     ]
     rows = []
+    amp = "fp32"
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode(False), torch.enable_grad():
         for name, weights in configs:
             opts = TrainOptions(out_dir=tmp, steps=args.steps + 1, batch_size=args.batch_size, rank=args.rank,
                                 conv_rank=args.conv_rank, weights=weights, precision=args.precision, progress=False,
                                 resume=False)
             tr = GreenTrainer(model, clip, vae, ds, opts)
+            amp = str(tr.amp_dtype).replace("torch.", "") if tr.amp_dtype is not None else "fp32"
             tr.lora.attach()
             try:
                 if device.type == "cuda":
@@ -101,9 +103,9 @@ def main(argv=None) -> int:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\nTrainer benchmark: {Path(args.checkpoint).name}, {args.resolution}x{args.resolution} px, "
           f"batch {args.batch_size}, LoRA rank {args.rank}/conv {args.conv_rank}, device {dev_name}, "
-          f"amp {rows and args.precision}")
+          f"compute {amp}")
     print(f"checkpoint load: {load_s:.1f} s; peak RSS after load: {rss_after_load:.2f} GiB\n")
-    print(f"| configuration | s/step | steps/s | x baseline | last loss | LoRA params | CUDA peak GiB |")
+    print("| configuration | s/step | steps/s | x baseline | last loss | LoRA params | CUDA peak GiB |")
     print("|---|---|---|---|---|---|---|")
     base = rows[0][1]
     for name, dt, loss, cuda_peak, n in rows:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .blend import alpha_over, broadcast_batch, linear_to_srgb, srgb_to_linear, unpremultiply
+from .blend import _check, alpha_over, broadcast_batch, linear_to_srgb, srgb_to_linear, unpremultiply
 from .light_wrap import light_wrap
 from .placement import ANCHORS, place, placement_offset, scaled_size
 
@@ -40,8 +40,6 @@ def composite(fg: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor, x
     side 1 (one object over N frames, or N objects over one background); anything else is a ``ValueError``.
     The returned alpha is the placed object's coverage on the background (1 = object, 0 = background only).
     """
-    from .blend import _check
-
     _check("fg", fg, 3)
     _check("alpha", alpha, 1)
     _check("background", background, 3)

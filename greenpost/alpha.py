@@ -63,10 +63,13 @@ def estimate_screen(image: torch.Tensor, key: torch.Tensor, high: torch.Tensor, 
     has = conf.flatten(1).mean(dim=1) > 0.01
     rough = local_colour(image, conf, cells=cells)
     r2 = difference_ratio(image, rough, high)
-    dev = (r2 - 1).abs() * conf
-    # robust spread of r on the rough canvas (cheap: mean absolute deviation, ~0.8 sigma)
-    spread = dev.flatten(1).sum(1) / conf.flatten(1).sum(1).clamp_min(1)
-    tol = (4.0 * spread).clamp(0.03, 0.3)[:, None, None, None]
+    # robust spread of r on the rough canvas: median absolute deviation from 1 (edges do not inflate it)
+    spread = []
+    for i in range(r2.shape[0]):
+        v = (r2[i] - 1).abs()[conf[i] > 0]
+        v = v[:: max(1, v.numel() // 50_000)]
+        spread.append(v.median() if v.numel() else r2.new_zeros(()))
+    tol = (1.4826 * 4.0 * torch.stack(spread)).clamp(0.03, 0.3)[:, None, None, None]
     conf = erode((((r2 - 1).abs() < tol) & (conf > 0)).to(image.dtype), margin)
     screen = local_colour(image, conf, cells=cells)
     # Images with almost no visible canvas: keep the global key colour.

@@ -223,13 +223,12 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
 
         a = band_matting(img, a)
     if opts.despeckle_area > 0 or opts.hole_area > 0:
-        a = despeckle(a, int(round(opts.despeckle_area * h * w)), int(round(opts.hole_area * h * w)))
+        a = despeckle(a, max(4, int(round(opts.despeckle_area * h * w))) if opts.despeckle_area > 0 else 0,
+                      int(round(opts.hole_area * h * w)))
 
     # 4. a given matte wins; the keyer only cleans its canvas
     if given is not None:
-        clean = (a <= 0.0) & (given < opts.canvas_clean)
-        if canvas is not None:
-            clean = clean & (canvas > 0)
+        clean = (a <= 0.0) & (given < opts.canvas_clean)  # the keyer sees pure canvas and the matte is faint
         a = torch.where(clean, torch.zeros_like(given), given)
 
     # 5. unmix against the local screen, despill

@@ -14,7 +14,7 @@ import torch
 from ..common.colour import parse_key_colour
 
 DEFAULT_KEY = (40 / 255.0, 180 / 255.0, 70 / 255.0)  # the typical chroma green of a lit screen / a generator canvas
-MIN_KEY_DOMINANCE = 0.08  # a key colour whose difference measure is below this is not a usable key
+MIN_KEY_DOMINANCE = 0.1  # a key colour whose difference measure is below this is not a usable key
 
 
 class NoKeyColourWarning(UserWarning):
@@ -74,7 +74,7 @@ def _estimate_one(img: torch.Tensor, max_samples: int = 40_000) -> tuple[torch.T
     for source in (frame, pix):
         mx, mn = source.max(dim=0).values, source.min(dim=0).values
         chroma = mx - mn
-        sat = chroma > 0.15
+        sat = chroma > 0.2
         if sat.float().mean() < 0.2:
             continue
         cand = source[:, sat]

@@ -1,11 +1,11 @@
 """Screenshot an example workflow loaded in ComfyUI's own page (headless Chromium against a local ComfyUI).
 
     COMFYUI_PATH=/path/to/ComfyUI /path/to/ComfyUI/.venv/bin/python docs/images/screenshot_workflow.py \
-        workflows/07_composite_onto_background.json docs/images/workflow_composite.png
+        workflows/01_text_to_transparent_sd15.json docs/images/workflow_sd15.png 540
 
 Starts ``main.py --cpu`` on a free port with this pack in a temporary custom_nodes folder (the ComfyUI checkout is
 not modified), opens the page in ``chromium --headless``, loads the workflow with the frontend's own
-``app.loadGraphData`` over the DevTools protocol, and saves a PNG. Needs Debian's ``chromium`` and aiohttp.
+``app.loadGraphData`` over the DevTools protocol, and saves a PNG (optionally only the top CROP_HEIGHT px). Needs Debian's ``chromium`` and aiohttp.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def wait_http(url: str, timeout: float, proc=None) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-async def capture(debug_port: int, page_url: str, workflow: dict, out: str, width: int, height: int) -> None:
+async def capture(debug_port: int, page_url: str, workflow: dict, out: str, width: int, height: int,
+                  crop_height: int | None = None) -> None:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
@@ -86,7 +87,8 @@ async def capture(debug_port: int, page_url: str, workflow: dict, out: str, widt
             expr = f"window.app.loadGraphData({json.dumps(workflow)}).then(() => true)"
             await call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
             await asyncio.sleep(3)
-            shot = await call("Page.captureScreenshot", format="png")
+            clip = {"x": 0, "y": 0, "width": width, "height": crop_height or height, "scale": 1}
+            shot = await call("Page.captureScreenshot", format="png", clip=clip)
             with open(out, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
 
@@ -97,19 +99,20 @@ def fit_view(workflow: dict, width: int, height: int, margin: int = 30) -> dict:
     ys0 = min(n["pos"][1] for n in workflow["nodes"])
     xs1 = max(n["pos"][0] + n["size"][0] for n in workflow["nodes"])
     ys1 = max(n["pos"][1] + n["size"][1] for n in workflow["nodes"])
-    top = 90  # the page's menu bar
-    scale = min((width - 2 * margin) / (xs1 - xs0), (height - top - 2 * margin) / (ys1 - ys0), 1.0)
-    offset = [margin / scale - xs0, (top + margin) / scale - ys0]
+    top, left = 90, 70  # the page's menu bar and side bar
+    scale = min((width - left - 2 * margin) / (xs1 - xs0), (height - top - 2 * margin) / (ys1 - ys0), 1.0)
+    offset = [(left + margin) / scale - xs0, (top + margin) / scale - ys0]
     workflow = dict(workflow)
     workflow["extra"] = {**workflow.get("extra", {}), "ds": {"scale": scale, "offset": offset}}
     return workflow
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
-    workflow_path, out = argv
+    workflow_path, out = argv[:2]
+    crop_height = int(argv[2]) if len(argv) == 3 else None
     comfyui = os.environ.get("COMFYUI_PATH")
     if not comfyui:
         print("set COMFYUI_PATH", file=sys.stderr)
@@ -150,7 +153,7 @@ def main(argv: list[str]) -> int:
              "--window-size=1600,900", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{debug_port}/json/version", 60, browser)
-        asyncio.run(capture(debug_port, f"http://127.0.0.1:{port}/", workflow, out, 1600, 900))
+        asyncio.run(capture(debug_port, f"http://127.0.0.1:{port}/", workflow, out, 1600, 900, crop_height))
         print(f"wrote {out} (server log: {tmp}/server.log)")
     finally:
         for proc in (browser, server):

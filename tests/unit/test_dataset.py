@@ -1,7 +1,6 @@
 """Data-set writer: layout, metadata rows, trimap, the quality gate, and atomic per-sample commit under SIGKILL."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
