@@ -170,9 +170,9 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     img = image.float()
     b, _, h, w = img.shape
 
-    key = resolve_key_colour(key_colour, img, share=opts.share_key)
+    key, found = resolve_key_colour(key_colour, img, share=opts.share_key, return_found=True)
     high = key_channels(key)
-    usable = key_dominance(key) >= MIN_KEY_DOMINANCE  # [B]
+    usable = (key_dominance(key) >= MIN_KEY_DOMINANCE) & found  # [B]; no key colour -> opaque result
     if grey:
         usable = torch.zeros_like(usable)
 
@@ -223,7 +223,7 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
 
         a = band_matting(img, a)
     if opts.despeckle_area > 0 or opts.hole_area > 0:
-        a = despeckle(a, max(4, int(round(opts.despeckle_area * h * w))) if opts.despeckle_area > 0 else 0,
+        a = despeckle(a, max(8, int(round(opts.despeckle_area * h * w))) if opts.despeckle_area > 0 else 0,
                       int(round(opts.hole_area * h * w)))
 
     # 4. a given matte wins; the keyer only cleans its canvas

@@ -102,36 +102,45 @@ def _estimate_one(img: torch.Tensor, max_samples: int = 40_000) -> tuple[torch.T
     return torch.tensor(DEFAULT_KEY, dtype=img.dtype, device=img.device), False
 
 
-def estimate_key_colour(image: torch.Tensor, warn: bool = True) -> torch.Tensor:
+def estimate_key_colour(image: torch.Tensor, warn: bool = True, return_found: bool = False):
     """image: [B,3,H,W] float in [0,1] -> key: [B,3] float in [0,1] (dominant saturated canvas colour).
 
     Robust to a gentle lighting gradient and to a subject covering most of the frame (the hue-histogram mode of
     the saturated border pixels, then of the whole image). An image with no recognisable key colour gets the
-    default chroma green and a :class:`NoKeyColourWarning`.
+    default chroma green and a :class:`NoKeyColourWarning` (``return_found=True`` also returns a [B] bool).
     """
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
-    keys = []
+    keys, found = [], []
     for i, img in enumerate(image.float()):
         key, ok = _estimate_one(img)
+        found.append(ok)
         if not ok and warn:
             warnings.warn(f"image {i}: no recognisable key colour (no dominant saturated canvas colour); "
-                          "using the default chroma green, the result is likely all opaque", NoKeyColourWarning,
+                          "the result is opaque (pass key_colour to key against a given colour)", NoKeyColourWarning,
                           stacklevel=2)
         keys.append(key)
-    return torch.stack(keys).to(image.dtype)
+    keys = torch.stack(keys).to(image.dtype)
+    if return_found:
+        return keys, torch.tensor(found, device=image.device)
+    return keys
 
 
-def resolve_key_colour(key_colour, image: torch.Tensor, share: bool = False) -> torch.Tensor:
+def resolve_key_colour(key_colour, image: torch.Tensor, share: bool = False, return_found: bool = False):
     """``"auto"`` / preset / hex / ``[3]`` / ``[B,3]`` + image [B,3,H,W] -> key [B,3] float in [0,1] on image's device.
 
     ``share=True`` uses one colour for the whole batch (the median of the per-frame estimates): stable for video.
+    ``return_found=True`` also returns a [B] bool: False where "auto" found no key colour on the image.
     """
     b = image.shape[0]
+    found = torch.ones(b, dtype=torch.bool, device=image.device)
     if isinstance(key_colour, str) and key_colour.strip().lower() == "auto":
-        key = estimate_key_colour(image, warn=True).float()
+        key, found = estimate_key_colour(image, warn=True, return_found=True)
+        key = key.float()
         if share and b > 1:
-            key = key.median(dim=0).values[None].expand(b, 3)
+            if found.any():
+                key = key[found].median(dim=0).values[None].expand(b, 3)
+                found = found.any().expand(b)
     elif isinstance(key_colour, torch.Tensor) and key_colour.ndim == 2:
         if key_colour.shape not in ((b, 3), (1, 3)):
             raise ValueError(f"key_colour: expected [3] or [B,3] with B={b}, got {tuple(key_colour.shape)}")
@@ -145,4 +154,6 @@ def resolve_key_colour(key_colour, image: torch.Tensor, share: bool = False) -> 
     if weak.any():
         warnings.warn(f"key_colour: {key[weak][0].tolist()} is too close to grey to key against; "
                       "the result is all opaque", NoKeyColourWarning, stacklevel=2)
+    if return_found:
+        return key, found.to(image.device)
     return key

@@ -94,14 +94,21 @@ class DiffuMattingGreenPost(io.ComfyNode):
         key = key_hex if key_colour == "custom hex" else key_colour
         device = intermediate_device()
         x = x.to(device)
-        keys = resolve_key_colour("green" if grey else key, x, share=share_key_across_batch)  # one pass over the batch, then chunks
+        keys = key  # a preset / hex, or "auto" estimated per chunk's image
+        if grey:
+            keys = "green"
+        elif key == "auto" and share_key_across_batch and x.shape[0] > 1:
+            shared, found = resolve_key_colour("auto", x, share=True, return_found=True)  # one colour for all frames
+            keys = shared if bool(found.all()) else "auto"
         outs = []
         for i in range(0, x.shape[0], CHUNK):
             check_interrupted()
             ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + CHUNK]).to(device)
-            outs.append(green_post(x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK], alpha=ai, key_colour=keys[i : i + CHUNK], high_quality=high_quality,
-                                   black=clip_black, white=clip_white, despill=despill,
-                                   luma_preserve=preserve_luminance, refine_radius=refine_radius))
+            xi = x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK]
+            ki = keys[i : i + CHUNK] if isinstance(keys, torch.Tensor) else keys
+            outs.append(green_post(xi, alpha=ai, key_colour=ki, high_quality=high_quality, black=clip_black,
+                                   white=clip_white, despill=despill, luma_preserve=preserve_luminance,
+                                   refine_radius=refine_radius))
         fg = torch.cat([r.fg for r in outs])
         al = torch.cat([r.alpha for r in outs])
         spill = torch.cat([r.spill for r in outs])

@@ -149,9 +149,10 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                 io.Latent.Input("samples", tooltip="The latent to decode (e.g. from a KSampler)."),
                 io.Vae.Input("vae", tooltip="The VAE whose decoder the head was trained on."),
                 MattingHead.Input("head", tooltip="A matting head from DiffuMattingLoader."),
-                io.String.Input("key_colour", default="auto",
-                                tooltip="Canvas colour: auto (estimated from the image border), a preset (green, "
-                                "pure_green, blue, ...) or #RRGGBB."),
+                io.String.Input("key_colour", default="pure_green",
+                                tooltip="Canvas colour the latent was generated on: a preset (pure_green = #00FF00, "
+                                "the DiffuMatting canvas; green, blue, ...), #RRGGBB, or auto (estimated from the "
+                                "decoded image's border; heads are trained with the nominal canvas colour)."),
                 io.Boolean.Input("tiled", default=False,
                                  tooltip="Decode in tiles (for large images or little memory); tiles are blended "
                                  "over the overlap."),
@@ -171,7 +172,7 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, samples, vae, head, key_colour="auto", tiled=False, tile_size=512, overlap=128):
+    def execute(cls, samples, vae, head, key_colour="pure_green", tiled=False, tile_size=512, overlap=128):
         import comfy.model_management as mm
 
         from ..matting_head.decode import count_tiles, decode_with_head

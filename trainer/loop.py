@@ -489,6 +489,20 @@ def export_lora(trainer: GreenTrainer, path) -> Path:
     return path
 
 
+def _trim_log(path: Path, last_step: int) -> None:
+    """Keep only the rows of steps <= ``last_step`` (rows a killed run wrote after its last checkpoint go)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= last_step:
+                keep.append(line)
+        except (ValueError, AttributeError):
+            continue
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
 def train(model_patcher, clip, vae, dataset, options: TrainOptions | None = None, on_step=None) -> TrainResult:
     """Train a green-canvas LoRA on ``model_patcher``'s UNet -> :class:`TrainResult` (the LoRA file path, steps).
 
@@ -513,6 +527,7 @@ def train(model_patcher, clip, vae, dataset, options: TrainOptions | None = None
 
                 bar = tqdm(total=opts.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
             log_path = out_dir / "train_log.jsonl"
+            _trim_log(log_path, start)
             while trainer.step_done < opts.steps:
                 terms = trainer.step()
                 history.append(terms)

@@ -89,8 +89,9 @@ def register(subparsers) -> None:
     da.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
     da.add_argument("--vflip", type=float, default=0.0, help="probability of a vertical flip")
     da.add_argument("--jitter", type=float, default=0.1, help="colour-jitter strength (0 = off)")
-    da.add_argument("--caption-suffix", default="isolated on a pure green screen background",
-                    help="appended to every caption; must name the key colour")
+    da.add_argument("--caption-suffix", default=None,
+                    help="appended to every caption; must name the key colour (default: 'isolated on a pure "
+                         "<colour word> screen background', green/blue/magenta from --key-colour)")
     da.add_argument("--caption-dropout", type=float, default=0.1, help="probability of an empty caption")
     da.add_argument("--default-caption", default="an object", help="caption when neither a sidecar nor a folder name gives one")
     da.add_argument("--band-radius", type=int, default=None, help="transition-band dilation in px (default 10 at 512, scaled)")
@@ -117,9 +118,14 @@ def build_dataset(args):
         except ValueError:
             raise CLIError(f"--key-colour: expected a preset, #RRGGBB or R,G,B, got {args.key_colour!r}") from None
     key = tuple(parse_key_colour(key, "--key-colour").tolist())
+    suffix = args.caption_suffix
+    if suffix is None:
+        from ..green_control.tokens import key_word_for
+
+        suffix = f"isolated on a pure {args.key_word or key_word_for(key)} screen background"
     opts = DataOptions(
         resolution=args.resolution, key_colour=key, scale=tuple(args.scale), hflip=args.hflip, vflip=args.vflip,
-        jitter=args.jitter, caption_suffix=args.caption_suffix, caption_dropout=args.caption_dropout,
+        jitter=args.jitter, caption_suffix=suffix, caption_dropout=args.caption_dropout,
         default_caption=args.default_caption, band_radius=args.band_radius,
     )
     sources: list = []

@@ -122,7 +122,8 @@ def run(args) -> int:
                           ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
                           notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
         monitor = make_monitor(prepare_eval(backend, held)) if held else None
-        train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor)
+        train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,
+                   log_fn=lambda line: print(line, flush=True))
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     return 0

@@ -227,3 +227,24 @@ def test_full_size_random_sd15_vae(run_prompt, comfy, random_sd15_checkpoint):
         assert torch.isfinite(out[k]).all() and out[k].min() >= 0 and out[k].max() <= 1
     d = (out["alpha_u"] - out["alpha_t"]).abs()
     assert d.mean() < 0.02, d.mean().item()
+
+
+@pytest.mark.slow
+def test_train_head_on_comfyui_vae(comfy, random_sd15_checkpoint, tmp_path):
+    """train-head's ComfyUI backend: one step on the full-size random SD1.5 VAE; the head fits that VAE."""
+    from diffumatting.commands.train_head import _comfy_backend
+    from diffumatting.matting_head.procedural import procedural_matte
+    from diffumatting.matting_head.data import Pair
+    from diffumatting.matting_head.train import TrainConfig, train_head
+    from diffumatting.matting_head.weights import check_compatible, load_head
+
+    ckpt = comfy.folder_paths.get_full_path("checkpoints", random_sd15_checkpoint)
+    backend = _comfy_backend(ckpt)
+    assert backend.info()["family"] == "autoencoderkl" and backend.info()["tap_channels"] == [512, 512, 256, 128]
+    fg, a = procedural_matte(64, 1)
+    cfg = TrainConfig(out=str(tmp_path / "kl_head.safetensors"), steps=1, batch=1, crop=64, buffer=2, buffer_init=1,
+                      ckpt_every=1, head_config={"width_8": 16, "width_16": 16, "width_32": 16})
+    out = train_head(backend, [Pair("blob", fg, a)], cfg, progress=False, log_fn=lambda *_: None)
+    head, meta = load_head(out)
+    check_compatible(meta, backend.spec.info())
+    assert meta["decoder_family"] == "autoencoderkl" and meta["training"]["steps"] == 1

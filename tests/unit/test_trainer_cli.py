@@ -87,3 +87,24 @@ def test_comfy_runtime_errors(tmp_path, monkeypatch):
         comfy_runtime.import_comfy(tmp_path)
     with pytest.raises(ValueError, match="checkpoint"):
         comfy_runtime.load_checkpoint(tmp_path / "none.safetensors", tmp_path)
+
+
+def test_default_suffix_names_the_key_colour(tmp_path):
+    from diffumatting.commands.train import build_dataset
+    from diffumatting.synthetic import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "d", 1, 64, seed=0, caption="a cup")
+    for colour, word in (("green", "green"), ("blue", "blue"), ("#ff00ff", "magenta")):
+        args = build_parser().parse_args(["train", "--checkpoint", "x", "--data", str(tmp_path / "d"), "--out",
+                                          str(tmp_path), "--key-colour", colour, "--resolution", "64",
+                                          "--caption-dropout", "0"])
+        assert build_dataset(args)[0]["prompt"] == f"a cup, isolated on a pure {word} screen background"
+
+
+def test_trim_log(tmp_path):
+    from diffumatting.trainer.loop import _trim_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(f'{{"step": {i}, "loss": 1.0}}\n' for i in range(1, 8)) + "garbage\n")
+    _trim_log(log, 4)
+    assert [int(line.split(":")[1].split(",")[0]) for line in log.read_text().splitlines()] == [1, 2, 3, 4]
