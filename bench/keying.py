@@ -120,7 +120,7 @@ def synth_shot(name: str, fg: np.ndarray, alpha: np.ndarray, variant: str) -> np
 
 # Plain colour-difference keyer: alpha = clamp((1 - r - black) / (white - black)), r = (G - max(R,B)) / that of the
 # screen colour (median of strongly green pixels). Grid-tuned per variant on the development mattes.
-BASELINE_PARAMS = {"clean": {"black": 0.0, "white": 1.0}, "real": {"black": 0.03, "white": 0.87}}
+BASELINE_PARAMS = {"clean": {"black": 0.0, "white": 1.0}, "real": {"black": 0.08, "white": 0.95}}  # --tune-baseline result
 BASELINE_GRID = [(b, w) for b in (0.0, 0.015, 0.03, 0.05, 0.08) for w in (0.7, 0.8, 0.87, 0.9, 0.95, 1.0)]
 
 

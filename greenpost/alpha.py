@@ -44,6 +44,15 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     if radius <= 0:
         return mask
     k = 2 * radius + 1
+    if mask.device.type == "cpu" and mask.dtype == torch.float32:
+        import cv2  # much faster than a stride-1 max-pool on CPU; same result (replicated border)
+
+        kernel = np.ones((k, k), np.uint8)
+        arr = mask.detach().contiguous().numpy()
+        out = np.empty_like(arr)
+        for i in range(arr.shape[0]):
+            out[i, 0] = cv2.dilate(arr[i, 0], kernel, borderType=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(out)
     out = F.max_pool2d(mask, (1, k), stride=1, padding=(0, radius))
     return F.max_pool2d(out, (k, 1), stride=1, padding=(radius, 0))
 
@@ -77,6 +86,18 @@ def estimate_screen(image: torch.Tensor, key: torch.Tensor, high: torch.Tensor, 
     return screen, conf
 
 
+def dilate_coarse(mask: torch.Tensor, radius: int, factor: int = 4) -> torch.Tensor:
+    """mask: [B,1,H,W] in [0,1] -> [B,1,H,W] in {0,1}: dilation by about ``radius`` px computed on a ``factor``-times
+    coarser grid (cheap for large radii; the reach is rounded up to whole cells)."""
+    if radius <= 0:
+        return (mask > 0).to(mask.dtype)
+    h, w = mask.shape[-2:]
+    small = F.max_pool2d(mask, factor, ceil_mode=True)
+    cells = -(-radius // factor)
+    small = dilate(small, cells)
+    return F.interpolate(small, scale_factor=factor, mode="nearest")[..., :h, :w]
+
+
 def guided_refine(image: torch.Tensor, alpha: torch.Tensor, radius: int, eps: float, band: torch.Tensor | None = None,
                   subsample: int = 1, guide: str = "luma") -> torch.Tensor:
     """image [B,3,H,W] guide, alpha [B,1,H,W] -> alpha refined by a guided filter (kornia), optionally only in band.
@@ -90,8 +111,7 @@ def guided_refine(image: torch.Tensor, alpha: torch.Tensor, radius: int, eps: fl
     if image.shape[1] == 3 and guide == "luma":
         w = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         image = (image * w).sum(dim=1, keepdim=True)
-    out = guided_blur(image, alpha, k, eps, border_type="replicate", subsample=subsample,
-                      separable=True).clamp(0, 1)
+    out = guided_blur(image, alpha, k, eps, border_type="replicate", subsample=subsample).clamp(0, 1)
     if band is not None:
         out = torch.where(band > 0, out, alpha)
     return out

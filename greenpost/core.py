@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .alpha import despeckle, dilate, difference_ratio, erode, estimate_screen, guided_refine, ratio_to_alpha
+from .alpha import despeckle, dilate, dilate_coarse, difference_ratio, erode, estimate_screen, guided_refine, ratio_to_alpha
 from .keycolour import MIN_KEY_DOMINANCE, NoKeyColourWarning, key_channels, key_difference, key_dominance, resolve_key_colour
 from .screen import local_colour
 from .unmix import despill, unmix
@@ -53,6 +53,7 @@ class GreenPostOptions:
     fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
     refine_radius: int = 1  # guided-filter radius in px (0 = off)
     refine_eps: float = 1e-4  # guided-filter regularisation (smaller keeps more edges)
+    refine_subsample: int = 1  # fast guided filter: statistics on a grid this many times coarser
     refine_noise: float = 0.02  # canvas noise at which refinement applies fully (0 = always fully)
     despeckle_area: float = 2e-5  # faint islands smaller than this fraction of the image are removed (0 = off)
     hole_area: float = 0.0  # key-coloured holes smaller than this fraction of the image are filled (0 = off)
@@ -207,7 +208,7 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         resid = (ki - t.clamp(0, 1) * kf).norm(dim=1, keepdim=True)
         trust = (1.0 - resid / opts.fg_model_tol).clamp(0, 1) * (kf2 > 0.01).float()
         if opts.fg_model_reach > 0:
-            trust = trust * dilate(opaque, opts.fg_model_reach)
+            trust = trust * dilate_coarse(opaque, opts.fg_model_reach)
         a_proj = ratio_to_alpha(1.0 - t, black, white, opts.gamma)
         a = a + trust * (a_proj - a)
 
@@ -217,7 +218,8 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         band = dilate(trans, opts.refine_radius)
         # denoising strength follows the canvas noise: a clean (generated) canvas keeps its exact key
         wgt = (sigma / opts.refine_noise).clamp(0, 1)[:, None, None, None] if opts.refine_noise > 0 else 1.0
-        a = a + wgt * (guided_refine(img, a, opts.refine_radius, opts.refine_eps, band=band) - a)
+        a = a + wgt * (guided_refine(img, a, opts.refine_radius, opts.refine_eps, band=band,
+                                        subsample=opts.refine_subsample) - a)
     if high_quality:
         from .hq import band_matting
 
