@@ -322,12 +322,13 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
                 "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
                 "synthetic_sources": [f.__module__ + "." + f.__name__ for f in maker.synth],
                 "noise_max": cfg.noise_max, **cfg.notes}
-    save_head(cfg.out, head, info, training)
+    save_head(cfg.out, head, info, training, dtype=torch.float16)
     log_fn(f"wrote {cfg.out} ({stop_reason}, step {step})")
     return cfg.out
 
 
-def export_checkpoint(ckpt: str, out: str, decoder_info: dict) -> str:
+def export_checkpoint(ckpt: str, out: str, decoder_info: dict, training_extra: dict | None = None,
+                      dtype: torch.dtype | None = torch.float16) -> str:
     """Write the head weights of a training checkpoint as a head file (e.g. to evaluate a run in progress)."""
     from safetensors import safe_open
 
@@ -339,5 +340,9 @@ def export_checkpoint(ckpt: str, out: str, decoder_info: dict) -> str:
     head.load_state_dict(state)
     save_head(out, head, decoder_info, {"steps": int(meta.get("step", 0)), "from_checkpoint": os.path.basename(ckpt),
                                          "subjects": (cfg.get("notes") or {}).get("subjects", []),
-                                         **(cfg.get("notes") or {})})
+                                         "minutes": round(float(meta.get("elapsed", 0)) / 60, 1),
+                                         "crop": cfg.get("crop"), "batch": cfg.get("batch"),
+                                         "synthetic_fraction": cfg.get("synthetic_fraction"),
+                                         "noise_max": cfg.get("noise_max"),
+                                         **(cfg.get("notes") or {}), **(training_extra or {})}, dtype=dtype)
     return out

@@ -23,8 +23,9 @@ def _meta_str(d: dict) -> dict[str, str]:
 
 
 def save_head(path: str | os.PathLike, head: MattingHead, decoder_info: dict, training: dict | None = None,
-              extra: dict | None = None) -> None:
-    """Write the head (float32 by default dtype of its weights) atomically as safetensors with metadata."""
+              extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write the head atomically as safetensors with metadata (weights in ``dtype``, default: as they are;
+    loading casts them to the head's float32)."""
     from safetensors.torch import save_file
 
     meta = {
@@ -40,9 +41,10 @@ def save_head(path: str | os.PathLike, head: MattingHead, decoder_info: dict, tr
         "training": training or {},
     }
     meta.update(extra or {})
-    sd = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in head.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(sd, os.fspath(tmp), metadata=_meta_str(meta))
+        os.chmod(tmp, 0o644)
 
 
 def parse_metadata(meta: dict[str, str] | None, source: str = "head") -> dict:

@@ -56,8 +56,9 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                "the luminance removed by despill that is added back (keeps despilled areas bright)."),
                 io.Int.Input("refine_radius", default=1, min=0, max=16, tooltip="Guided-filter radius (px) of the "
                              "edge refinement, scaled by the canvas noise; 0 = off."),
-                io.Boolean.Input("high_quality", default=False, tooltip="Also solve closed-form matting in the "
-                                 "uncertain band (slower, needs CPU)."),
+                io.Boolean.Input("high_quality", default=False, tooltip="Experimental: also solve closed-form "
+                                 "matting in the uncertain band (slower, CPU). On the development benchmark it is not yet "
+                                 "better than the default; leave off unless edges look wrong."),
             ],
             outputs=[
                 io.Image.Output("fg", display_name="fg", tooltip="Straight (not premultiplied) foreground RGB."),

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         "hair-like strands and a semi-transparent glass disc on a lit green screen) with GreenPost, and writes "
         "demo_rgba.png (straight RGB + alpha) and demo_composite.png (over a checkerboard) to the output folder.")
     p.add_argument("-o", "--out", default="demo_out", metavar="OUTDIR", help="output folder (default demo_out/)")
-    p.add_argument("--high-quality", action="store_true", help="closed-form matting in the uncertain band")
+    p.add_argument("--high-quality", action="store_true",
+                   help="experimental: closed-form matting in the uncertain band (slower)")
     p.add_argument("--image", default=None, help="key this image instead of the bundled one")
     p.set_defaults(func=run)
 
