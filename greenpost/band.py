@@ -1,0 +1,112 @@
+"""Fast building blocks: low-resolution statistics sampled at full-resolution pixels, OpenCV morphology / box
+filters on CPU (torch fallbacks elsewhere), guided filter on a crop."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .screen import pool_factor, push_pull_fill
+
+
+def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth: bool = False) -> torch.Tensor:
+    """image [B,C,H,W], confidence [B,1,H,W] in [0,1] -> [B,C,ceil(H/f),ceil(W/f)] confident cell means, push-pull
+    filled where a cell has none (the low-resolution grid of :func:`.screen.local_colour`)."""
+    if factor > 1:
+        v = F.avg_pool2d(image * confidence, factor, ceil_mode=True)
+        c = F.avg_pool2d(confidence, factor, ceil_mode=True)
+    else:
+        v, c = image * confidence, confidence
+    low = push_pull_fill(v / c.clamp_min(1e-12), c)
+    if smooth and min(low.shape[-2:]) >= 3:
+        low = F.avg_pool2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return low
+
+
+def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B,C,h,w] -> [B,C,H,W] bilinear (half-pixel centres, edge-replicated)."""
+    if tuple(low.shape[-2:]) == tuple(size):
+        return low
+    return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+
+
+def sample(low: torch.Tensor, idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """low [C,h,w] grid, idx [N] flat indices into an HxW image -> [C,N] the bilinear upsample of low at idx
+    (the same values as ``upsample(low, size).flatten(1)[:, idx]`` without the full-resolution image)."""
+    h, w = size
+    ys = torch.div(idx, w, rounding_mode="floor").to(low.dtype)
+    xs = (idx - torch.div(idx, w, rounding_mode="floor") * w).to(low.dtype)
+    gx = (xs + 0.5) / w * 2 - 1
+    gy = (ys + 0.5) / h * 2 - 1
+    grid = torch.stack([gx, gy], dim=-1)[None, None]  # [1,1,N,2]
+    out = F.grid_sample(low[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, 0]
+
+
+def _cv2_ok(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.uint8)
+
+
+def morph(mask: torch.Tensor, radius: int, op: str) -> torch.Tensor:
+    """mask [B,1,H,W] float32 or uint8 -> same: grey dilation ("max") or erosion ("min") over a (2r+1) square."""
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    if _cv2_ok(mask):
+        import cv2
+
+        kernel = np.ones((k, k), np.uint8)
+        fn = cv2.dilate if op == "max" else cv2.erode
+        arr = mask.contiguous().numpy()
+        out = np.empty_like(arr)
+        for i in range(arr.shape[0]):
+            out[i, 0] = fn(arr[i, 0], kernel, borderType=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(out)
+    x = mask.float() if op == "max" else -mask.float()
+    x = F.max_pool2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), (1, k), stride=1)
+    x = F.max_pool2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), (k, 1), stride=1)
+    x = x if op == "max" else -x
+    return x.to(mask.dtype)
+
+
+def box(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """x [B,C,H,W] float -> mean over a (2r+1) square, edge-replicated border."""
+    k = 2 * radius + 1
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        import cv2
+
+        arr = x.contiguous().numpy()
+        out = np.empty_like(arr)
+        for i in range(arr.shape[0]):
+            for c in range(arr.shape[1]):
+                out[i, c] = cv2.boxFilter(arr[i, c], -1, (k, k), borderType=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(out)
+    return F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), k, stride=1)
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """guide [B,1,H,W], src [B,1,H,W] float -> [B,1,H,W] guided filter (He et al.) of src, grey guide."""
+    mean_i = box(guide, radius)
+    mean_p = box(src, radius)
+    corr_ii = box(guide * guide, radius)
+    corr_ip = box(guide * src, radius)
+    var = corr_ii - mean_i * mean_i
+    cov = corr_ip - mean_i * mean_p
+    a = cov / (var + eps)
+    b = mean_p - a * mean_i
+    return box(a, radius) * guide + box(b, radius)
+
+
+def bbox(mask2d: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
+    """mask [H,W] bool -> (y0, y1, x0, x1) of its True pixels grown by pad (clipped), or None when empty."""
+    rows = mask2d.any(dim=1).nonzero()
+    if rows.numel() == 0:
+        return None
+    cols = mask2d.any(dim=0).nonzero()
+    h, w = mask2d.shape
+    return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + pad + 1),
+            max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + pad + 1))
+
+
+__all__ = ["cell_grid", "upsample", "sample", "morph", "box", "guided_filter", "bbox", "pool_factor"]
