@@ -3,10 +3,12 @@
 Runs ComfyUI in-process on CPU (``COMFYUI_PATH`` or ``--comfyui``) with random-weight models built by the test
 harness's builders (tiny SD1.5, and the full-size SD1.5 architecture), samples the same latent with the plain
 and the patched model, interleaved (A B A B ...) so drift from other jobs on the machine cancels, and prints the
-median seconds per step of each and the overhead ratio.
+seconds per step of each (process CPU time, min and median; wall median) and the overhead ratios. It also times
+the patch's own code (recorder + post-CFG anchoring) inside the patched runs, as a share of the step: that
+number cannot be disturbed by drift between runs.
 
     COMFYUI_PATH=/work/comfyui nice -n 10 /work/comfyui/.venv/bin/python bench/green_control.py
-    ... --models tiny --steps 3 --repeats 5      # quick
+    ... --models tiny --steps 2 --tiny-repeats 3      # quick
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def time_run(sample, model, steps, pos, neg, latent, noise) -> tuple[float, floa
     return wall / steps, cpu / steps
 
 
+def instrument(gc) -> dict:
+    """Accumulate the wall time spent in the patch's recorder and post-CFG anchoring into the returned dict."""
+    acc = {"s": 0.0}
+    for name in ("record", "anchor"):
+        original = getattr(gc.RunState, name)
+
+        def timed(self, *args, _f=original, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _f(self, *args, **kwargs)
+            finally:
+                acc["s"] += time.perf_counter() - t0
+
+        setattr(gc.RunState, name, timed)
+    return acc
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", str(REPO_ROOT.parent / "comfyui")))
@@ -78,6 +97,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.manual_seed(0)
+    inside = instrument(gc)
     rows = []
     for which in [m.strip() for m in a.models.split(",") if m.strip()]:
         model, clip, vae = build(harness, which)
@@ -91,14 +111,18 @@ def main(argv=None) -> int:
         for k, m in variants.items():  # warm-up: model load, allocator
             time_run(comfy.sample.sample, m, 1, pos, neg, latent, noise)
         reps = a.tiny_repeats if which == "tiny" else a.repeats
+        shares = []
         for _ in range(reps):
             for k, m in variants.items():
+                inside["s"] = 0.0
                 times[k].append(time_run(comfy.sample.sample, m, a.steps, pos, neg, latent, noise))
+                if k == "patched":  # wall time spent inside the patch's own code, as a share of the step
+                    shares.append(inside["s"] / a.steps / times[k][-1][0])
         if sink.anchored == 0:
             raise SystemExit("the patched runs never anchored: the benchmark would not measure the patch")
         stats = {k: {"wall_med": statistics.median(t[0] for t in v), "cpu_med": statistics.median(t[1] for t in v),
                      "cpu_min": min(t[1] for t in v)} for k, v in times.items()}
-        rows.append((which, stats["plain"], stats["patched"], reps))
+        rows.append((which, stats["plain"], stats["patched"], reps, statistics.median(shares)))
         for k, v in times.items():
             print(f"[{which}] {k:7s} wall s/step {[round(t[0], 3) for t in v]}  cpu s/step "
                   f"{[round(t[1], 3) for t in v]}", flush=True)
@@ -108,15 +132,17 @@ def main(argv=None) -> int:
     print(f"GreenControl overhead, {a.size}x{a.size} px, batch {a.batch}, euler, cfg 7, {a.steps} steps per run, "
           f"plain/patched runs interleaved (CPU, {torch.get_num_threads()} threads)")
     print("| model | runs | plain CPU s/step (min / median) | patched CPU s/step (min / median) | overhead, min CPU "
-          "| overhead, median CPU | overhead, median wall |")
-    print("|---|---|---|---|---|---|---|")
-    for which, pl, pa, reps in rows:
+          "| overhead, median CPU | overhead, median wall | time inside the patch (median share of a step) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for which, pl, pa, reps, share in rows:
         def pct(key):
             return f"{100 * (pa[key] / pl[key] - 1):+.1f} %"
 
         print(f"| {which} | {reps} | {pl['cpu_min']:.3f} / {pl['cpu_med']:.3f} | {pa['cpu_min']:.3f} / "
-              f"{pa['cpu_med']:.3f} | {pct('cpu_min')} | {pct('cpu_med')} | {pct('wall_med')} |")
-    print("(CPU = process CPU time per step; the minimum is the least-disturbed run on a shared machine)")
+              f"{pa['cpu_med']:.3f} | {pct('cpu_min')} | {pct('cpu_med')} | {pct('wall_med')} | {100 * share:.1f} % |")
+    print("(CPU = process CPU time per step; the minimum is the least-disturbed run on a shared machine. The last "
+          "column times the recorder + post-CFG code inside the patched runs themselves, so drift between runs "
+          "cannot enter it.)")
     return 0
 
 

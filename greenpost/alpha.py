@@ -138,10 +138,25 @@ def despeckle(alpha: torch.Tensor, min_area: int, hole_area: int = 0) -> torch.T
             small = stats[:, cv2.CC_STAT_AREA] < min_area
             small[0] = False
             if small.any():
-                strong = np.zeros(n, bool)
-                strong[lab[a >= 0.5]] = True
-                kill = small & ~strong
-                a[kill[lab]] = 0.0
+                ids = np.flatnonzero(small)
+                if len(ids) <= 256:  # few specks: check each one's peak in its own bounding box
+                    kill = np.zeros(n, bool)
+                    for j in ids:
+                        x, y, bw, bh = stats[j, :4]
+                        sub = lab[y : y + bh, x : x + bw] == j
+                        kill[j] = a[y : y + bh, x : x + bw][sub].max() < 0.5
+                else:
+                    strong = np.zeros(n, bool)
+                    strong[lab[a >= 0.5]] = True
+                    kill = small & ~strong
+                ids = np.flatnonzero(kill)
+                if len(ids) <= 256:
+                    for j in ids:
+                        x, y, bw, bh = stats[j, :4]
+                        sub = a[y : y + bh, x : x + bw]
+                        sub[lab[y : y + bh, x : x + bw] == j] = 0.0
+                else:
+                    a[kill[lab]] = 0.0
         holes = (a < 0.5).astype(np.uint8)
         n, lab, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4) if hole_area > 0 else (0, 0, 0, 0)
         if n > 1:

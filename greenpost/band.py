@@ -25,23 +25,62 @@ def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth
 
 
 def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B,C,h,w] -> [B,C,H,W] bilinear (half-pixel centres, edge-replicated)."""
+    """[B,C,h,w] -> [B,C,H,W] bilinear (half-pixel centres, edge-replicated; OpenCV on CPU, much faster than
+    F.interpolate there, same values to float rounding)."""
     if tuple(low.shape[-2:]) == tuple(size):
         return low
+    if low.device.type == "cpu" and low.dtype == torch.float32 and low.shape[1] <= 4:
+        return torch.stack([upsample_hwc(low[i], size).permute(2, 0, 1) for i in range(low.shape[0])])
     return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
 
 
-def sample(low: torch.Tensor, idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """low [C,h,w] grid, idx [N] flat indices into an HxW image -> [C,N] the bilinear upsample of low at idx
-    (the same values as ``upsample(low, size).flatten(1)[:, idx]`` without the full-resolution image)."""
+def upsample_hwc(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[C,h,w] -> [H,W,C] bilinear upsample (channels last: rows of pixels, cheap to gather with index_select)."""
     h, w = size
-    ys = torch.div(idx, w, rounding_mode="floor").to(low.dtype)
-    xs = (idx - torch.div(idx, w, rounding_mode="floor") * w).to(low.dtype)
-    gx = (xs + 0.5) / w * 2 - 1
-    gy = (ys + 0.5) / h * 2 - 1
-    grid = torch.stack([gx, gy], dim=-1)[None, None]  # [1,1,N,2]
-    out = F.grid_sample(low[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, 0]
+    if low.device.type == "cpu" and low.dtype == torch.float32 and low.shape[0] <= 4:
+        import cv2
+
+        out = cv2.resize(low.permute(1, 2, 0).contiguous().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(out.reshape(h, w, low.shape[0]))
+    return F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+
+
+def upsample_planes(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[C,h,w] -> [C,H,W] contiguous bilinear upsample (OpenCV plane by plane on CPU)."""
+    if low.device.type == "cpu" and low.dtype == torch.float32:
+        import cv2
+
+        h, w = size
+        arr = low.contiguous().numpy()
+        out = np.empty((arr.shape[0], h, w), np.float32)
+        for c in range(arr.shape[0]):
+            out[c] = cv2.resize(arr[c], (w, h), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(out)
+    return F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def downsample(x: torch.Tensor, s: int) -> torch.Tensor:
+    """[B,C,H,W] -> [B,C,ceil(H/s),ceil(W/s)] area average (s-by-s blocks; OpenCV on CPU)."""
+    if s <= 1:
+        return x
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        import cv2
+
+        h, w = -(-x.shape[-2] // s), -(-x.shape[-1] // s)
+        arr = x.contiguous().numpy()
+        out = np.empty(arr.shape[:2] + (h, w), np.float32)
+        for i in range(arr.shape[0]):
+            for c in range(arr.shape[1]):
+                out[i, c] = cv2.resize(arr[i, c], (w, h), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(out)
+    return F.avg_pool2d(x, s, ceil_mode=True)
+
+
+def sample(low: torch.Tensor, idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """low [C,h,w] grid, idx [N] flat indices into an HxW image -> [C,N]: ``upsample(low, size)`` at idx."""
+    if low.shape[-2:] == (1, 1):
+        return low.reshape(-1, 1).expand(-1, idx.numel())
+    return upsample_hwc(low, size).reshape(-1, low.shape[0]).index_select(0, idx).T
 
 
 def _cv2_ok(x: torch.Tensor) -> bool:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, fields
 
 import torch
 
-from .alpha import despeckle, dilate, dilate_coarse, difference_ratio, erode, estimate_screen, guided_refine, ratio_to_alpha
+import torch.nn.functional as F
+
+from .alpha import despeckle, difference_ratio, ratio_to_alpha
+from .band import bbox, cell_grid, downsample, guided_filter, morph, pool_factor, upsample, upsample_planes
 from .keycolour import MIN_KEY_DOMINANCE, NoKeyColourWarning, key_channels, key_difference, key_dominance, resolve_key_colour
-from .screen import local_colour
 from .unmix import despill, unmix
 
 MIN_SIDE = 8
 
 
-def canvas_noise(r: torch.Tensor, canvas: torch.Tensor | None, max_samples: int = 50_000) -> torch.Tensor:
+def canvas_noise(r: torch.Tensor, canvas: torch.Tensor | None, max_samples: int = 20_000) -> torch.Tensor:
     """r: [B,1,H,W] difference ratio, canvas: [B,1,H,W] confident-canvas map -> [B] robust std of r on the canvas."""
     out = []
     for i in range(r.shape[0]):
@@ -128,15 +131,17 @@ def _check_image(image) -> tuple[torch.Tensor, bool]:
         image = image.float() / 65535.0
     elif not image.is_floating_point():
         raise ValueError(f"image: expected float in [0,1], uint8 or uint16, got {image.dtype}")
-    if not torch.isfinite(image).all():
+    lo, hi = (float(v) for v in torch.aminmax(image))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("image: contains NaN or infinite values")
-    lo, hi = float(image.min()), float(image.max())
     if lo < -1e-3 or hi > 1.0 + 1e-3:
         raise ValueError(f"image: expected values in [0, 1], got [{lo:.3g}, {hi:.3g}] (divide 8-bit data by 255)")
     if c == 1:
         warnings.warn("image: greyscale input has no key colour; the result is opaque", NoKeyColourWarning, stacklevel=3)
         image = image.expand(-1, 3, -1, -1)
-    return image.clamp(0, 1), c == 1
+    if lo < 0.0 or hi > 1.0:
+        image = image.clamp(0, 1)
+    return image, c == 1
 
 
 def _check_alpha(alpha, image: torch.Tensor) -> torch.Tensor | None:
@@ -168,8 +173,55 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
     image, grey = _check_image(image)
     given = _check_alpha(alpha, image)
-    img = image.float()
+    with torch.no_grad():
+        return _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype)
+
+
+def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int):
+    """img [B,3,H,W] -> (screen grid [B,3,h,w] (about ``cells`` on the long side), confident-canvas map
+    [B,1,H/s,W/s] on the statistics grid, s). The clean plate is estimated on an s-times area-reduced image
+    (each plate cell spans about 3 reduced pixels): two passes as :func:`.alpha.estimate_screen`."""
+    h, w = img.shape[-2:]
+    s = max(1, pool_factor(h, w, cells) // 3)
+    small = downsample(img, s)
+    margin = 1 if s > 1 else 2
+    k = key[:, :, None, None]
+    r = difference_ratio(small, k, high)
+    near = (small - k).abs().amax(dim=1, keepdim=True) < 0.3
+    conf = morph(((r > 0.7) & (r < 1.6) & near).float(), margin, "min")
+    has = conf.flatten(1).mean(dim=1) > 0.01
+    fs = pool_factor(small.shape[-2], small.shape[-1], cells)
+    rough = upsample(cell_grid(small, conf, fs, smooth=True), small.shape[-2:])
+    r2 = difference_ratio(small, rough, high)
+    spread = []
+    for i in range(r2.shape[0]):
+        v = (r2[i] - 1).abs()[conf[i] > 0]
+        v = v[:: max(1, v.numel() // 20_000)]
+        spread.append(v.median() if v.numel() else r2.new_zeros(()))
+    tol = (1.4826 * 4.0 * torch.stack(spread)).clamp(0.03, 0.3)[:, None, None, None]
+    conf = morph((((r2 - 1).abs() < tol) & (conf > 0)).float(), margin, "min")
+    grid = cell_grid(small, conf, fs, smooth=True)
+    grid = torch.where(has[:, None, None, None], grid, k.expand_as(grid))
+    return grid, conf, s
+
+
+def _expand(idx: torch.Tensor, s: int, ws: int, h: int, w: int) -> torch.Tensor:
+    """flat indices [N] on an s-times reduced grid of width ws -> flat indices of all their pixels in an HxW image."""
+    if s == 1:
+        return idx
+    ys = torch.div(idx, ws, rounding_mode="floor")
+    xs = idx - ys * ws
+    d = torch.arange(s, device=idx.device)
+    y = (ys[:, None, None] * s + d[None, :, None]).expand(-1, s, s)
+    x = (xs[:, None, None] * s + d[None, None, :]).expand(-1, s, s)
+    ok = (y < h) & (x < w)
+    return (y * w + x)[ok]
+
+
+def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -> GreenPostResult:
+    img = image.float().contiguous()  # one copy of a permuted view (e.g. from HWC) makes every later pass cheaper
     b, _, h, w = img.shape
+    size = (h, w)
 
     key, found = resolve_key_colour(key_colour, img, share=opts.share_key, return_found=True)
     high = key_channels(key)
@@ -177,49 +229,88 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     if grey:
         usable = torch.zeros_like(usable)
 
-    # 1. screen colour: local clean plate (or the flat key)
+    memo = {}
+
+    def at(grid: torch.Tensor, i: int, idx: torch.Tensor) -> torch.Tensor:  # [3,N] bilinear upsample of a grid at idx
+        k = (id(grid), i)
+        if k not in memo:  # upsampled once per image
+            memo[k] = upsample_planes(grid[i], size).reshape(grid.shape[1], -1)
+        return memo[k].index_select(1, idx)
+
+    # 1. screen colour: local clean plate on a coarse grid (statistics at reduced resolution), or the flat key
     if opts.local_screen:
-        screen, canvas = estimate_screen(img, key, high, cells=opts.screen_cells)
+        screen_grid, canvas_s, s = _screen_lowres(img, key, high, opts.screen_cells)
     else:
-        screen = key[:, :, None, None].expand(b, 3, h, w)
-        canvas = None
-    r = difference_ratio(img, screen, high)
-    sigma = canvas_noise(r, canvas)  # [B]
+        screen_grid, canvas_s, s = key[:, :, None, None], None, 1
+    d_k = upsample(key_difference(screen_grid, high).clamp_min(0.05), size).expand(b, 1, h, w)
+    r = key_difference(img, high).div_(d_k)  # difference ratio: 1 on the screen, <= 0 on a non-key foreground
+    sigma = canvas_noise(r[..., ::s, ::s], canvas_s) if canvas_s is not None else canvas_noise(r, None)  # [B]
     black = (opts.black + opts.noise_black * sigma).clamp(0, 0.2)[:, None, None, None]
     white_base = (opts.white - opts.noise_white * sigma).clamp(0.6, 1.0)[:, None, None, None]
+    white = torch.maximum(white_base, black + 0.05)
 
     # 2. alpha: colour difference; where a local foreground colour is known (nearby opaque pixels) and the pixel
-    #    lies on the line between the screen and that colour, the exact projection onto that line instead
-    # confidently opaque: clearly off-key, and at the local minimum of r (ramps into the canvas are excluded)
-    r_min = erode(r, 3)
-    tol_min = (3.0 * sigma).clamp(min=0.04)[:, None, None, None]
-    opaque = erode((r < opts.fg_opaque).float(), opts.fg_erode)
-    if opts.fg_local_min:
-        opaque = opaque * ((r - r_min) < tol_min).float()
-    white = torch.maximum(white_base, black + 0.05)
+    #    lies on the line between the screen and that colour, the exact projection onto that line instead.
+    #    Confidently opaque: clearly off-key, and at the local minimum of r (ramps into the canvas are excluded).
     a = ratio_to_alpha(r, black, white, opts.gamma)
-    fg_local = None
+    # confidently opaque pixels (on an area-reduced image; they feed the local foreground colour of the model and
+    # the unmixing prior) and the region within reach of them where the model may apply
+    so = max(1, pool_factor(h, w, opts.fg_cells) // 3)
+    small = downsample(img, so)
+    r_s = key_difference(small, high).div_(upsample(key_difference(screen_grid, high).clamp_min(0.05),
+                                                   small.shape[-2:]))
+    opaque = morph((r_s < opts.fg_opaque).to(torch.uint8), -(-opts.fg_erode // so), "min").bool()
+    if opts.fg_local_min:
+        tol_min = (3.0 * sigma).clamp(min=0.04)[:, None, None, None]
+        opaque &= (r_s - morph(r_s, -(-3 // so), "min")) < tol_min
+    fg_grid = cell_grid(small, opaque.float(), pool_factor(small.shape[-2], small.shape[-1], max(1, opts.fg_cells)))
+    reach_px = opts.fg_model_reach if opts.fg_model_reach > 0 else max(h, w)
+    reach = morph(opaque.to(torch.uint8), -(-reach_px // so), "max") > 0
     if opts.fg_model:
-        fg_local = local_colour(img, opaque, cells=opts.fg_cells, smooth=False)
-        kf = fg_local - screen
-        ki = img - screen
-        kf2 = (kf * kf).sum(dim=1, keepdim=True)
-        t = (ki * kf).sum(dim=1, keepdim=True) / kf2.clamp_min(1e-4)
-        resid = (ki - t.clamp(0, 1) * kf).norm(dim=1, keepdim=True)
-        trust = (1.0 - resid / opts.fg_model_tol).clamp(0, 1) * (kf2 > 0.01).float()
-        if opts.fg_model_reach > 0:
-            trust = trust * dilate_coarse(opaque, opts.fg_model_reach)
-        a_proj = ratio_to_alpha(1.0 - t, black, white, opts.gamma)
-        a = a + trust * (a_proj - a)
+        # the model changes alpha near the colour-difference transition (an over-opaque edge lies next to it)
+        a_s = ratio_to_alpha(r_s, black, white, opts.gamma)
+        near_edge = morph(((a_s > 0) & (a_s < 1)).to(torch.uint8), -(-max(1, reach_px // 2) // so), "max") > 0
+        region = reach & ~opaque & near_edge
+        for i in range(b):
+            reg = region[i, 0]
+            if so > 1:
+                reg = reg.repeat_interleave(so, dim=0).repeat_interleave(so, dim=1)[:h, :w]
+            idx = reg.flatten().nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            ki = img[i].reshape(3, -1).index_select(1, idx)
+            kk = at(screen_grid, i, idx) if canvas_s is not None else key[i][:, None]
+            kf = at(fg_grid, i, idx) - kk
+            ki = ki - kk
+            kf2 = kf[0] * kf[0] + kf[1] * kf[1] + kf[2] * kf[2]
+            t = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / kf2.clamp_min(1e-4)
+            d = ki - t.clamp(0, 1) * kf
+            resid = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt_()
+            trust = (1.0 - resid / opts.fg_model_tol).clamp(0, 1) * (kf2 > 0.01).float()
+            a_proj = ratio_to_alpha(1.0 - t, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
+            old = a[i, 0].view(-1).index_select(0, idx)
+            a[i, 0].view(-1).index_copy_(0, idx, old + trust * (a_proj - old))
 
-    # 3. refinement: guided filter in the transition band, then despeckle
+    # 3. refinement: guided filter (grey guide) in the transition band, on its bounding crop; then despeckle
     if opts.refine_radius > 0:
-        trans = ((a > 0.0) & (a < 1.0)).float()
-        band = dilate(trans, opts.refine_radius)
+        rad = opts.refine_radius
         # denoising strength follows the canvas noise: a clean (generated) canvas keeps its exact key
-        wgt = (sigma / opts.refine_noise).clamp(0, 1)[:, None, None, None] if opts.refine_noise > 0 else 1.0
-        a = a + wgt * (guided_refine(img, a, opts.refine_radius, opts.refine_eps, band=band,
-                                        subsample=opts.refine_subsample) - a)
+        wgt = (sigma / opts.refine_noise).clamp(0, 1) if opts.refine_noise > 0 else torch.ones_like(sigma)
+        for i in range(b):
+            if float(wgt[i]) <= 0:
+                continue
+            ai = a[i : i + 1]
+            band = morph(((ai > 0) & (ai < 1)).to(torch.uint8), rad, "max")[0, 0] > 0
+            box_ = bbox(band, 2 * rad + 1)
+            if box_ is None:
+                continue
+            y0, y1, x0, x1 = box_
+            crop = img[i : i + 1, :, y0:y1, x0:x1]
+            luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+            ac = ai[:, :, y0:y1, x0:x1]
+            ref = guided_filter(luma, ac.contiguous(), rad, opts.refine_eps).clamp_(0, 1)
+            bc = band[y0:y1, x0:x1][None, None]
+            ac.copy_(torch.where(bc, ac + float(wgt[i]) * (ref - ac), ac))
     if high_quality:
         from .hq import band_matting
 
@@ -233,16 +324,34 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         clean = (a <= 0.0) & (given < opts.canvas_clean)  # the keyer sees pure canvas and the matte is faint
         a = torch.where(clean, torch.zeros_like(given), given)
 
-    # 5. unmix against the local screen, despill
-    if fg_local is None:
-        fg_local = local_colour(img, opaque, cells=128, smooth=False)
-    fg = unmix(img, a, screen, prior=fg_local, reg=opts.unmix_reg)
-    if opts.despill > 0:
-        fg, s = despill(fg, high, opts.despill, opts.luma_preserve, opts.despill_limit)
+    # 5. unmix against the local screen where 0 < alpha < 1 (opaque pixels are their own colour; fully transparent
+    #    ones keep the despilled image, which no compositing shows), then despill
+    fg = img.clone()
+    for i in range(b):
+        flat_a = a[i, 0].reshape(-1)
+        idx = ((flat_a > 0) & (flat_a < 1)).nonzero().squeeze(1)
+        if idx.numel():
+            ab = flat_a.index_select(0, idx)
+            kk = at(screen_grid, i, idx) if canvas_s is not None else key[i][:, None]
+            prior = at(fg_grid, i, idx)
+            num = ab * (img[i].reshape(3, -1).index_select(1, idx) - (1.0 - ab) * kk) + opts.unmix_reg * prior
+            fg[i].view(3, -1).index_copy_(1, idx, (num / (ab * ab + opts.unmix_reg)).clamp_(0, 1))
+    if opts.despill > 0 and opts.despill_limit == "max" and opts.luma_preserve == 0:
+        # fast path of unmix.despill (same result): the key channels are lowered to the others' maximum, in place
+        sp = key_difference(fg, high).clamp_min_(0)
+        if opts.despill != 1.0:
+            sp.mul_(opts.despill)
+        rows = high.tolist()
+        for i in range(b):
+            for c in range(3):
+                if rows[i][c]:
+                    fg[i, c].sub_(sp[i, 0])
+        fg.clamp_(0, 1)
+    elif opts.despill > 0:
+        fg, sp = despill(fg, high, opts.despill, opts.luma_preserve, opts.despill_limit)
     else:
-        s = torch.zeros_like(a)
-    d_k = key_difference(screen, high).clamp_min(0.05)
-    spill = (s / d_k).clamp(0, 1) * (a > 0).float()
+        sp = torch.zeros_like(a)
+    spill = (sp / d_k).clamp_(0, 1) * (a > 0).float()
 
     # images without a usable key colour: defined, opaque result
     if not bool(usable.all()):
@@ -252,4 +361,4 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         spill = torch.where(keep, spill, torch.zeros_like(spill))
 
     return GreenPostResult(fg=fg.to(out_dtype), alpha=a.to(out_dtype), spill=spill.to(out_dtype),
-                           key_colour=key.to(out_dtype), extras={"screen": screen})
+                           key_colour=key.to(out_dtype), extras={"screen_grid": screen_grid})

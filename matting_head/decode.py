@@ -19,12 +19,11 @@ def _head_pass(decode_fn, spec: TapSpec, head, latent, key):
     transforms = [lambda t, i=i: head.project(i, t) for i in range(4)]
     with TapRecorder(spec.modules, transforms) as rec:
         rgb = decode_fn(latent)
-    taps = rec.take()
     rgb = rgb.to(head.stem8.weight)
     if key is None:
         key = estimate_key(rgb)
     ka = colour_difference_alpha(rgb, key)
-    out = head(taps, rgb, ka, projected=True)
+    out = head(rec.take(), rgb, ka, projected=True)  # taps passed inline: the head may free them as it goes
     res = {"image": rgb, "alpha": out["alpha"]}
     res["fg"] = out.get("fg", rgb)
     return res

@@ -107,6 +107,7 @@ class MattingHead(nn.Module):
         key_alpha = key_alpha.to(dtype)
         f = taps if projected else [self.project(i, t) for i, t in enumerate(taps)]
         f = [t.to(dtype) for t in f]
+        del taps  # with projected taps passed inline, the full-resolution one is freed once used (inference)
         H, W = rgb.shape[-2:]
         guide = torch.cat([rgb, key_alpha], 1)
         g8 = F.adaptive_avg_pool2d(guide, f[0].shape[-2:])
@@ -119,8 +120,20 @@ class MattingHead(nn.Module):
         g4 = F.adaptive_avg_pool2d(guide, f[1].shape[-2:])
         x = self.stage4(torch.cat([_up(self.to4(x), f[1].shape[-2:]) + f[1], g4], 1))
         x = self.stage2(_up(self.to2(x), f[2].shape[-2:]) + f[2])
-        x = F.relu(_up(self.to1(x), (H, W)) + f[3] + self.guide1(guide))
-        out = self.stage1(x)
+        if torch.is_grad_enabled():
+            x = F.relu(_up(self.to1(x), (H, W)) + f[3] + self.guide1(guide))
+            out = self.stage1(x)
+        else:  # inference: in-place, freeing each full-resolution tensor as soon as it is used (peak memory)
+            x = _up(self.to1(x), (H, W))
+            x += f[3]
+            f[3] = None
+            x += self.guide1(guide)
+            del guide
+            x = F.relu_(x)
+            x = F.relu_(self.stage1[0](x))
+            x = F.relu_(self.stage1[2](x))
+            out = self.stage1[4](x)
+            del x
         prior = torch.logit(key_alpha.clamp(1e-3, 1 - 1e-3)).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
         logits = prior + out[:, :1]
         result = {"alpha": torch.sigmoid(logits), "logits": logits}

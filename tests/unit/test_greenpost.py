@@ -269,3 +269,32 @@ def test_no_nan_on_degenerate_images():
                 assert torch.isfinite(t).all()
     canvas_only = green_post(GREEN.view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous())
     assert canvas_only.alpha.max() == 0
+
+
+def test_fast_building_blocks_match_their_torch_fallbacks():
+    # the OpenCV fast paths (CPU float32) and the torch paths (other devices / dtypes) give the same results
+    import torch.nn.functional as F
+
+    from diffumatting.greenpost.band import box, downsample, morph, upsample, upsample_planes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 37, 53, generator=g)
+    for op in ("max", "min"):
+        assert torch.allclose(morph(x, 2, op), morph(x.double(), 2, op).float(), atol=1e-6)
+    assert torch.allclose(box(x, 1), box(x.double(), 1).float(), atol=1e-5)
+    low = torch.rand(2, 3, 5, 7, generator=g)
+    ref = F.interpolate(low, size=(37, 53), mode="bilinear", align_corners=False)
+    assert torch.allclose(upsample(low, (37, 53)), ref, atol=1e-5)
+    assert torch.allclose(upsample_planes(low[1], (37, 53)), ref[1], atol=1e-5)
+    img = torch.rand(1, 3, 40, 48, generator=g)
+    assert torch.allclose(downsample(img, 4), F.avg_pool2d(img, 4), atol=1e-5)
+
+
+def test_layout_of_the_input_does_not_change_the_result():
+    # a permuted (channels-last) view, as ComfyUI's [B,H,W,C] images give, keys exactly like a contiguous copy
+    fg, alpha = scene(fg_colour=(0.6, 0.3, 0.25))
+    image = composite(fg, alpha, GREEN)
+    hwc = image.permute(0, 2, 3, 1).contiguous()
+    a = green_post(hwc.permute(0, 3, 1, 2))
+    b = green_post(image.contiguous())
+    assert torch.equal(a.alpha, b.alpha) and torch.equal(a.fg, b.fg)

@@ -224,3 +224,16 @@ def test_keyer_on_known_screen():
     assert 0.4 < a[0, 0, 16, 5] < 0.6
     with pytest.raises(ValueError, match="image"):
         colour_difference_alpha(torch.rand(1, 4, 8, 8), key)
+
+
+def test_inference_path_equals_training_path():
+    """The in-place, memory-saving forward used without autograd gives the same result as the training forward."""
+    head = _trained_like_head(2)
+    taps = [torch.randn(1, 8, 32 // s, 24 // s) for s in (8, 4, 2, 1)]
+    rgb, ka = torch.rand(1, 3, 32, 24), torch.rand(1, 1, 32, 24)
+    with torch.enable_grad():
+        a = head(list(taps), rgb, ka)
+    with torch.no_grad():
+        b = head(list(taps), rgb, ka)
+    assert torch.equal(a["alpha"].detach(), b["alpha"]) and torch.equal(a["fg"].detach(), b["fg"])
+    assert taps[3] is not None  # the caller's own list is untouched

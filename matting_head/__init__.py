@@ -1,0 +1,10 @@
+"""The matting head: alpha from a VAE decoder's features, in the same pass as the decoded image.
+
+- ``network.MattingHead``: the head (2.9 M parameters by default; taps at strides 8, 4, 2, 1 + RGB + key alpha).
+- ``taps``: forward hooks on the decoder (``tap_spec``, ``TapRecorder``) for ComfyUI's AutoencoderKL and TAESD-family
+  decoders.
+- ``taesd``: TAESD-family encoder/decoder built from published weights (TAEF2 included).
+- ``decode.decode_with_head``: decode + taps + head, untiled or tiled.
+- ``weights``: safetensors with metadata (``save_head``, ``load_head``, ``check_compatible``).
+- ``train``: head training on a frozen decoder (``train_head``), checkpoints and resume.
+"""
