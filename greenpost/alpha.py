@@ -1,4 +1,4 @@
-"""Alpha from colour difference against a (local) key colour, edge-preserving refinement, despeckle."""
+"""Alpha from colour difference against a (local) key colour, morphology, despeckle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from .keycolour import key_difference
-from .screen import local_colour
 
 
 def difference_ratio(image: torch.Tensor, screen: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -55,66 +54,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
         return torch.from_numpy(out)
     out = F.max_pool2d(mask, (1, k), stride=1, padding=(0, radius))
     return F.max_pool2d(out, (k, 1), stride=1, padding=(radius, 0))
-
-
-def estimate_screen(image: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int = 64,
-                    margin: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """image [B,3,H,W], key [B,3] -> (screen [B,3,H,W] local clean plate, confident-canvas map [B,1,H,W]).
-
-    Two passes: pixels whose colour difference is at least 0.7 of the key's and whose colour is near the key give
-    a rough plate; then only pixels within the canvas noise of that plate (eroded by ``margin`` px) are averaged
-    per cell and interpolated under the subject (push-pull), so semi-transparent edges do not leak into it.
-    """
-    k = key[:, :, None, None]
-    r = difference_ratio(image, k, high)
-    near = (image - k).abs().amax(dim=1, keepdim=True) < 0.3
-    conf = erode(((r > 0.7) & (r < 1.6) & near).to(image.dtype), margin)
-    has = conf.flatten(1).mean(dim=1) > 0.01
-    rough = local_colour(image, conf, cells=cells)
-    r2 = difference_ratio(image, rough, high)
-    # robust spread of r on the rough canvas: median absolute deviation from 1 (edges do not inflate it)
-    spread = []
-    for i in range(r2.shape[0]):
-        v = (r2[i] - 1).abs()[conf[i] > 0]
-        v = v[:: max(1, v.numel() // 50_000)]
-        spread.append(v.median() if v.numel() else r2.new_zeros(()))
-    tol = (1.4826 * 4.0 * torch.stack(spread)).clamp(0.03, 0.3)[:, None, None, None]
-    conf = erode((((r2 - 1).abs() < tol) & (conf > 0)).to(image.dtype), margin)
-    screen = local_colour(image, conf, cells=cells)
-    # Images with almost no visible canvas: keep the global key colour.
-    screen = torch.where(has[:, None, None, None], screen, k.expand_as(screen))
-    return screen, conf
-
-
-def dilate_coarse(mask: torch.Tensor, radius: int, factor: int = 4) -> torch.Tensor:
-    """mask: [B,1,H,W] in [0,1] -> [B,1,H,W] in {0,1}: dilation by about ``radius`` px computed on a ``factor``-times
-    coarser grid (cheap for large radii; the reach is rounded up to whole cells)."""
-    if radius <= 0:
-        return (mask > 0).to(mask.dtype)
-    h, w = mask.shape[-2:]
-    small = F.max_pool2d(mask, factor, ceil_mode=True)
-    cells = -(-radius // factor)
-    small = dilate(small, cells)
-    return F.interpolate(small, scale_factor=factor, mode="nearest")[..., :h, :w]
-
-
-def guided_refine(image: torch.Tensor, alpha: torch.Tensor, radius: int, eps: float, band: torch.Tensor | None = None,
-                  subsample: int = 1, guide: str = "luma") -> torch.Tensor:
-    """image [B,3,H,W] guide, alpha [B,1,H,W] -> alpha refined by a guided filter (kornia), optionally only in band.
-
-    Edge-preserving: alpha follows the image's own edges (full-resolution luma), which recovers detail the
-    colour difference loses to chroma subsampling and noise.
-    """
-    from kornia.filters import guided_blur
-
-    k = 2 * radius + 1
-    if image.shape[1] == 3 and guide == "luma":
-        w = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        image = (image * w).sum(dim=1, keepdim=True)
-    out = guided_blur(image, alpha, k, eps, border_type="replicate", subsample=subsample).clamp(0, 1)
-    if band is not None:
-        out = torch.where(band > 0, out, alpha)
-    return out
 
 
 def despeckle(alpha: torch.Tensor, min_area: int, hole_area: int = 0) -> torch.Tensor:

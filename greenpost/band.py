@@ -124,17 +124,24 @@ def box(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), k, stride=1)
 
 
-def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """guide [B,1,H,W], src [B,1,H,W] float -> [B,1,H,W] guided filter (He et al.) of src, grey guide."""
-    mean_i = box(guide, radius)
-    mean_p = box(src, radius)
-    corr_ii = box(guide * guide, radius)
-    corr_ip = box(guide * src, radius)
-    var = corr_ii - mean_i * mean_i
-    cov = corr_ip - mean_i * mean_p
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float, subsample: int = 1) -> torch.Tensor:
+    """guide [B,1,H,W], src [B,1,H,W] float -> [B,1,H,W] guided filter (He et al.) of src, grey guide.
+
+    ``subsample > 1``: the fast guided filter (coefficients on a grid that many times coarser, upsampled)."""
+    g, p, rad = guide, src, radius
+    if subsample > 1:
+        g, p = downsample(guide, subsample), downsample(src, subsample)
+        rad = max(1, round(radius / subsample))
+    mean_i = box(g, rad)
+    mean_p = box(p, rad)
+    var = box(g * g, rad) - mean_i * mean_i
+    cov = box(g * p, rad) - mean_i * mean_p
     a = cov / (var + eps)
     b = mean_p - a * mean_i
-    return box(a, radius) * guide + box(b, radius)
+    mean_a, mean_b = box(a, rad), box(b, rad)
+    if subsample > 1:
+        mean_a, mean_b = upsample(mean_a, guide.shape[-2:]), upsample(mean_b, guide.shape[-2:])
+    return mean_a * guide + mean_b
 
 
 def bbox(mask2d: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:

@@ -180,7 +180,10 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
 def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int):
     """img [B,3,H,W] -> (screen grid [B,3,h,w] (about ``cells`` on the long side), confident-canvas map
     [B,1,H/s,W/s] on the statistics grid, s). The clean plate is estimated on an s-times area-reduced image
-    (each plate cell spans about 3 reduced pixels): two passes as :func:`.alpha.estimate_screen`."""
+    (each plate cell spans about 3 reduced pixels) in two passes: pixels whose colour difference is at least 0.7
+    of the key's and whose colour is near the key give a rough plate; then only pixels within the canvas noise of
+    that plate (eroded) are averaged per cell and filled under the subject (push-pull), so semi-transparent edges
+    do not leak into it."""
     h, w = img.shape[-2:]
     s = max(1, pool_factor(h, w, cells) // 3)
     small = downsample(img, s)
@@ -308,7 +311,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             crop = img[i : i + 1, :, y0:y1, x0:x1]
             luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
             ac = ai[:, :, y0:y1, x0:x1]
-            ref = guided_filter(luma, ac.contiguous(), rad, opts.refine_eps).clamp_(0, 1)
+            ref = guided_filter(luma, ac.contiguous(), rad, opts.refine_eps, opts.refine_subsample).clamp_(0, 1)
             bc = band[y0:y1, x0:x1][None, None]
             ac.copy_(torch.where(bc, ac + float(wgt[i]) * (ref - ac), ac))
     if high_quality:
