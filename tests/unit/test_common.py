@@ -81,3 +81,13 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     atomic_write_text(target, "whole")
     assert target.read_text() == "whole"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    """Files written atomically are readable like files from open() (mkstemp alone would make them 0600)."""
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert (os.stat(tmp_path / "a.txt").st_mode & 0o777) == 0o644
