@@ -9,6 +9,12 @@ import torch.nn.functional as F
 
 from .screen import pool_factor, push_pull_fill
 
+USE_OPENCV = True  # OpenCV fast paths for CPU float32 tensors (False: the torch paths used on other devices)
+
+
+def _cpu32(x: torch.Tensor) -> bool:
+    return USE_OPENCV and x.device.type == "cpu" and x.dtype == torch.float32
+
 
 def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth: bool = False) -> torch.Tensor:
     """image [B,C,H,W], confidence [B,1,H,W] in [0,1] -> [B,C,ceil(H/f),ceil(W/f)] confident cell means, push-pull
@@ -29,7 +35,7 @@ def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     F.interpolate there, same values to float rounding)."""
     if tuple(low.shape[-2:]) == tuple(size):
         return low
-    if low.device.type == "cpu" and low.dtype == torch.float32 and low.shape[1] <= 4:
+    if _cpu32(low) and low.shape[1] <= 4:
         return torch.stack([upsample_hwc(low[i], size).permute(2, 0, 1) for i in range(low.shape[0])])
     return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
 
@@ -37,7 +43,7 @@ def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def upsample_hwc(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[C,h,w] -> [H,W,C] bilinear upsample (channels last: rows of pixels, cheap to gather with index_select)."""
     h, w = size
-    if low.device.type == "cpu" and low.dtype == torch.float32 and low.shape[0] <= 4:
+    if _cpu32(low) and low.shape[0] <= 4:
         import cv2
 
         out = cv2.resize(low.permute(1, 2, 0).contiguous().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -47,7 +53,7 @@ def upsample_hwc(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def upsample_planes(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[C,h,w] -> [C,H,W] contiguous bilinear upsample (OpenCV plane by plane on CPU)."""
-    if low.device.type == "cpu" and low.dtype == torch.float32:
+    if _cpu32(low):
         import cv2
 
         h, w = size
@@ -63,7 +69,7 @@ def downsample(x: torch.Tensor, s: int) -> torch.Tensor:
     """[B,C,H,W] -> [B,C,ceil(H/s),ceil(W/s)] area average (s-by-s blocks; OpenCV on CPU)."""
     if s <= 1:
         return x
-    if x.device.type == "cpu" and x.dtype == torch.float32:
+    if _cpu32(x):
         import cv2
 
         h, w = -(-x.shape[-2] // s), -(-x.shape[-1] // s)
@@ -84,7 +90,7 @@ def sample(low: torch.Tensor, idx: torch.Tensor, size: tuple[int, int]) -> torch
 
 
 def _cv2_ok(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.uint8)
+    return USE_OPENCV and x.device.type == "cpu" and x.dtype in (torch.float32, torch.uint8)
 
 
 def morph(mask: torch.Tensor, radius: int, op: str) -> torch.Tensor:
@@ -112,7 +118,7 @@ def morph(mask: torch.Tensor, radius: int, op: str) -> torch.Tensor:
 def box(x: torch.Tensor, radius: int) -> torch.Tensor:
     """x [B,C,H,W] float -> mean over a (2r+1) square, edge-replicated border."""
     k = 2 * radius + 1
-    if x.device.type == "cpu" and x.dtype == torch.float32:
+    if _cpu32(x):
         import cv2
 
         arr = x.contiguous().numpy()

@@ -298,3 +298,16 @@ def test_layout_of_the_input_does_not_change_the_result():
     a = green_post(hwc.permute(0, 3, 1, 2))
     b = green_post(image.contiguous())
     assert torch.equal(a.alpha, b.alpha) and torch.equal(a.fg, b.fg)
+
+
+def test_torch_paths_give_the_same_key_as_the_opencv_paths(monkeypatch):
+    # GPUs (and other dtypes) use the torch implementations of the fast OpenCV building blocks
+    from diffumatting.greenpost import band
+
+    fg, alpha = scene(fg_colour=(0.6, 0.3, 0.25))
+    g = torch.Generator().manual_seed(1)
+    image = (composite(fg, alpha, GREEN) + 0.01 * torch.randn(1, 3, 96, 128, generator=g)).clamp(0, 1)
+    fast = green_post(image)
+    monkeypatch.setattr(band, "USE_OPENCV", False)
+    slow = green_post(image)
+    assert (fast.alpha - slow.alpha).abs().max() < 1e-3 and (fast.fg - slow.fg).abs().max() < 1e-3
