@@ -22,6 +22,28 @@ class CLIError(Exception):
     """A user-facing error: printed as ``error: <message>``, exit status 2."""
 
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def collect_image_files(inputs: list[str]) -> list[str]:
+    """Files and folders given on the command line -> image file paths (a folder contributes its images, sorted)."""
+    import glob
+    import os
+
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(f for f in glob.glob(os.path.join(item, "*")) if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                raise CLIError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+            files.extend(found)
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise CLIError(f"{item}: no such file or folder")
+    return files
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m diffumatting",

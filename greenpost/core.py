@@ -8,12 +8,10 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-import torch.nn.functional as F
-
 from .alpha import despeckle, difference_ratio, ratio_to_alpha
 from .band import bbox, cell_grid, downsample, guided_filter, morph, pool_factor, upsample, upsample_planes
 from .keycolour import MIN_KEY_DOMINANCE, NoKeyColourWarning, key_channels, key_difference, key_dominance, resolve_key_colour
-from .unmix import despill, unmix
+from .unmix import despill
 
 MIN_SIDE = 8
 

@@ -250,7 +250,10 @@ def vae_key_latent(vae, rgb: torch.Tensor) -> torch.Tensor:
     if key not in cache:
 
         def encode(img: torch.Tensor) -> torch.Tensor:
-            return vae.encode(img.movedim(1, -1))
+            # Inference mode as in node execution, also when called from a script or test (the VAE's weights may
+            # already be inference tensors after ComfyUI loaded them inside a run).
+            with torch.inference_mode():
+                return vae.encode(img.movedim(1, -1))
 
         cache[key] = green_latent(encode, rgb)
     return cache[key]

@@ -4,13 +4,11 @@ atomic per sample, resumable): image/ fg/ alpha/ trimap/ caption/ + metadata.jso
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
-from ..cli import CLIError
+from ..cli import CLIError, collect_image_files
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 def register(subparsers) -> None:
@@ -36,20 +34,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[str]:
-    files = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(f for f in glob.glob(os.path.join(item, "*")) if f.lower().endswith(IMAGE_EXTS))
-            if not found:
-                raise CLIError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTS)})")
-            files.extend(found)
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            raise CLIError(f"{item}: no such file or folder")
-    return files
-
 
 def sample_name(path: str, used: set[str]) -> str:
     import re
@@ -71,7 +55,7 @@ def run(args) -> int:
     from ..dataset import MattingDatasetWriter, QualityThresholds
     from ..greenpost import green_post
 
-    files = collect_inputs(args.inputs)
+    files = collect_image_files(args.inputs)
     if args.key_colour.strip().lower() != "auto":
         try:
             parse_key_colour(args.key_colour, name="--key-colour")

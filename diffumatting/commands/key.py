@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import warnings
 
-from ..cli import CLIError
+from ..cli import CLIError, collect_image_files
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 def register(subparsers) -> None:
@@ -34,20 +32,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[str]:
-    files = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(f for f in glob.glob(os.path.join(item, "*")) if f.lower().endswith(IMAGE_EXTS))
-            if not found:
-                raise CLIError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTS)})")
-            files.extend(found)
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            raise CLIError(f"{item}: no such file or folder")
-    return files
-
 
 def run(args) -> int:
     import torch
@@ -55,7 +39,7 @@ def run(args) -> int:
     from ..common.images import load_image, save_png
     from ..greenpost import NoKeyColourWarning, green_post, resolve_key_colour
 
-    files = collect_inputs(args.inputs)
+    files = collect_image_files(args.inputs)
     if not 0.0 <= args.despill <= 1.0:
         raise CLIError(f"--despill: expected a value in [0, 1], got {args.despill}")
     try:  # validate the key colour once, before any work

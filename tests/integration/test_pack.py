@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-TEST_NODES = {"DMTestTinyModels", "DMTestCapture", "DMTestImage"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 DESIGN_NODES = {"DiffuMattingLoader", "DiffuMattingGreenControl", "DiffuMattingGreenControlSampler",
                 "DiffuMattingMattingHeadDecode", "DiffuMattingGreenPost", "DiffuMattingAlphaComposite"}
 
 
 def pack_node_ids(comfy) -> list[str]:
-    ids = []
-    for node_id, cls in comfy.node_classes.items():
-        if node_id in TEST_NODES or node_id in comfy.core_ids:
-            continue
-        ids.append(node_id)
-    return sorted(ids)
+    """Ids of the nodes ComfyUI's loader registered from this pack (it tags them with the pack's module)."""
+    module = f"custom_nodes.{REPO_ROOT.name}"
+    return sorted(node_id for node_id, cls in comfy.node_classes.items()
+                  if getattr(cls, "RELATIVE_PYTHON_MODULE", None) == module)
 
 
 def test_pack_registers_the_design_nodes(comfy):
