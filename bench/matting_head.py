@@ -9,7 +9,7 @@ chroma-green screen: gradient, vignetting, unevenness, hue drift, noise; see mat
 encoded with the TAEF2 encoder and decoded with feature taps. Rows compare, on the same decoded image, GreenPost's
 alpha (green_post on the decoded image, with the key estimated ("auto") and with the canvas's nominal key given; the
 ratio uses the better of the two), the head's alpha (nominal key, as in training), and GreenPost fed the head's alpha
-(the MattingHeadDecode -> GreenPost pipeline). Metrics: SAD/1000, MSE, Grad/1000, Conn/1000 over the whole image.
+(the MattingHeadDecode -> GreenPost pipeline). Metrics (bench/metrics.py): SAD/1000, MSE x1000, Grad/1000, Conn/1000 over the whole image.
 Subjects the head was trained on (listed in its metadata) are always skipped.
 Cost: wall time (median of interleaved repeats) and peak resident memory (fresh subprocess per case, peak reset
 after set-up) of the plain decode and of the head path (decode + taps + head), at each --sizes.
@@ -176,7 +176,16 @@ def quality(args, backend, head, info):
     from diffumatting.matting_head.data import CHROMA_GREEN, PURE_GREEN, load_pairs
     from diffumatting.matting_head.decode import decode_with_head
     from diffumatting.matting_head.evaluate import prepare_eval
-    from diffumatting.matting_head.metrics import all_metrics
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import metrics  # bench/metrics.py: the same metric code as bench/keying.py
+
+    def all_metrics(pred, gt):
+        """pred, gt: [...,H,W] tensors in [0,1] -> SAD/1000, MSE x1000, Grad/1000, Conn/1000."""
+        def flat(x):
+            x = x.detach().float().cpu().numpy()
+            return x.reshape(x.shape[-2], x.shape[-1])
+
+        return metrics.all_metrics(flat(pred), flat(gt))
 
     trained = set((info.get("training") or {}).get("subjects") or [])
     names = None
@@ -209,19 +218,19 @@ def quality(args, backend, head, info):
             per["head+GreenPost"].append(all_metrics(gp_head.alpha, gt))
             if args.per_subject:
                 best = min(per["GreenPost (auto key)"][-1]["MSE"], per["GreenPost (given key)"][-1]["MSE"])
-                print(f"  {canvas:9s} {item['name']:32s} MSE GreenPost(best) {best:.5f} "
-                      f"head {per['head'][-1]['MSE']:.5f}  ratio {per['head'][-1]['MSE'] / best:.2f}", flush=True)
+                print(f"  {canvas:9s} {item['name']:32s} MSE x1e3 GreenPost(best) {best:.3f} "
+                      f"head {per['head'][-1]['MSE']:.3f}  ratio {per['head'][-1]['MSE'] / best:.2f}", flush=True)
         summary[canvas] = {k: {m: statistics.mean(d[m] for d in v) for m in ("SAD", "MSE", "Grad", "Conn")}
                            for k, v in per.items()}
     print()
     print(f"Quality on {len(pairs)} held-out subjects (mean over subjects; whole image; decoder {backend.name}; "
           f"key given = the canvas's nominal colour: #00FF00 clean, chroma green #00B140 realistic)")
-    print("| canvas | method | SAD | MSE | Grad | Conn | MSE vs best GreenPost |")
+    print("| canvas | method | SAD | MSE x1e3 | Grad | Conn | MSE vs best GreenPost |")
     print("|---|---|---|---|---|---|---|")
     for canvas, rows in summary.items():
         base = min(rows["GreenPost (auto key)"]["MSE"], rows["GreenPost (given key)"]["MSE"])
         for method, m in rows.items():
-            print(f"| {canvas} | {method} | {m['SAD']:.2f} | {m['MSE']:.5f} | {m['Grad']:.2f} | {m['Conn']:.2f} | "
+            print(f"| {canvas} | {method} | {m['SAD']:.2f} | {m['MSE']:.3f} | {m['Grad']:.2f} | {m['Conn']:.2f} | "
                   f"{m['MSE'] / base:.2f}x |")
     return summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 NODE_PREFIX = "DiffuMatting"
@@ -33,3 +34,26 @@ def progress_bar(total: int, node_id: str | None = None):
     import comfy.utils
 
     return comfy.utils.ProgressBar(total, node_id=node_id)
+
+
+def image_to_bchw(image: torch.Tensor, name: str) -> torch.Tensor:
+    """ComfyUI IMAGE [B,H,W,C] -> [B,C,H,W] float32 (C = 3 or 4)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{name}: expected an IMAGE [B,H,W,3] (or RGBA [B,H,W,4]), got {shape}")
+    return image.movedim(-1, 1).float()
+
+def mask_to_b1hw(mask: torch.Tensor, name: str) -> torch.Tensor:
+    """ComfyUI MASK [B,H,W] or [H,W] -> [B,1,H,W] float32."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{name}: expected a MASK [B,H,W], got {shape}")
+    return mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """[B,C,H,W] -> ComfyUI IMAGE [B,H,W,C] float32 on the intermediate device."""
+    return x.movedim(1, -1).contiguous().float().to(intermediate_device())
+
+def to_mask(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] -> ComfyUI MASK [B,H,W] float32 on the intermediate device."""
+    return x[:, 0].contiguous().float().to(intermediate_device())

@@ -6,23 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..compositing import ANCHORS, composite
-from .common import category, intermediate_device
-
-
-def image_to_bchw(image: torch.Tensor, name: str) -> torch.Tensor:
-    """ComfyUI IMAGE [B,H,W,C] -> [B,C,H,W] float32 (C = 3 or 4)."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"{name}: expected an IMAGE [B,H,W,3] (or RGBA [B,H,W,4]), got {shape}")
-    return image.movedim(-1, 1).float()
-
-
-def mask_to_b1hw(mask: torch.Tensor, name: str) -> torch.Tensor:
-    """ComfyUI MASK [B,H,W] or [H,W] -> [B,1,H,W] float32."""
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name}: expected a MASK [B,H,W], got {shape}")
-    return mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
+from .common import category, image_to_bchw, mask_to_b1hw, to_image, to_mask
 
 
 def split_fg_alpha(fg: torch.Tensor, alpha: torch.Tensor | None, invert: bool = False, fg_name: str = "fg",
@@ -46,16 +30,6 @@ def split_fg_alpha(fg: torch.Tensor, alpha: torch.Tensor | None, invert: bool = 
         raise ValueError(f"{alpha_name}: not connected and {fg_name} has no alpha channel (connect a MASK with "
                          "1 = opaque, or an RGBA image)")
     return x[:, :3], a
-
-
-def to_image(x: torch.Tensor) -> torch.Tensor:
-    """[B,C,H,W] -> ComfyUI IMAGE [B,H,W,C] float32 on the intermediate device."""
-    return x.movedim(1, -1).contiguous().float().to(intermediate_device())
-
-
-def to_mask(x: torch.Tensor) -> torch.Tensor:
-    """[B,1,H,W] -> ComfyUI MASK [B,H,W] float32 on the intermediate device."""
-    return x[:, 0].contiguous().float().to(intermediate_device())
 
 
 class DiffuMattingAlphaComposite(io.ComfyNode):

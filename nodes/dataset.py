@@ -9,8 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..common.colour import parse_key_colour
 from ..dataset import MattingDatasetWriter, QualityThresholds
-from .common import category
-from .composite import image_to_bchw, mask_to_b1hw
+from .common import category, image_to_bchw, mask_to_b1hw
 
 
 def resolve_key_colour(value: str, image: torch.Tensor) -> torch.Tensor:

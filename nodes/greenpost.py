@@ -7,18 +7,10 @@ from comfy_api.latest import io
 
 from ..common.colour import KEY_PRESETS
 from ..greenpost import green_post, resolve_key_colour
-from .common import category, check_interrupted, intermediate_device
+from .common import category, check_interrupted, intermediate_device, to_image, to_mask
 
 KEY_CHOICES = ["auto", *KEY_PRESETS, "custom hex"]
 CHUNK = 4  # frames keyed at a time (bounded memory for long 4K batches)
-
-
-def _to_image(x: torch.Tensor) -> torch.Tensor:
-    return x.movedim(1, -1).contiguous().float().to(intermediate_device())
-
-
-def _to_mask(x: torch.Tensor) -> torch.Tensor:
-    return x[:, 0].contiguous().float().to(intermediate_device())
 
 
 class DiffuMattingGreenPost(io.ComfyNode):
@@ -113,8 +105,8 @@ class DiffuMattingGreenPost(io.ComfyNode):
         fg = torch.cat([r.fg for r in outs])
         al = torch.cat([r.alpha for r in outs])
         spill = torch.cat([r.spill for r in outs])
-        return io.NodeOutput(_to_image(fg), _to_mask(al), _to_mask(1.0 - al), _to_image(torch.cat([fg, al], dim=1)),
-                             _to_mask(spill))
+        return io.NodeOutput(to_image(fg), to_mask(al), to_mask(1.0 - al), to_image(torch.cat([fg, al], dim=1)),
+                             to_mask(spill))
 
 
 NODES = [DiffuMattingGreenPost]

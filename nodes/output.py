@@ -11,8 +11,8 @@ from comfy_api.latest import io, ui
 from ..compositing import alpha_over, checkerboard
 from ..dataset.rgba_io import encode_rgba_png, write_webm_rgba
 from ..common.files import atomic_write_bytes
-from .common import category
-from .composite import split_fg_alpha, to_image
+from .common import category, to_image
+from .composite import split_fg_alpha
 
 FORMATS = ["png", "png16", "webm", "png_sequence"]
 

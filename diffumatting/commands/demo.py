@@ -41,20 +41,12 @@ def _demo_picture():
     return torch.from_numpy(img).permute(2, 0, 1).contiguous(), "assets/make_demo.py (procedural)"
 
 
-def checkerboard(h: int, w: int, cell: int = 16):
-    """-> [3,H,W] light/dark grey checkerboard."""
-    import torch
-
-    ys = (torch.arange(h) // cell)[:, None]
-    xs = (torch.arange(w) // cell)[None, :]
-    board = torch.where((ys + xs) % 2 == 0, 0.8, 0.55).float()
-    return board[None].expand(3, h, w)
-
-
 def run(args) -> int:
     import time
 
+    from ..common.colour import colour_to_hex
     from ..common.images import load_image, save_png
+    from ..compositing import alpha_over, checkerboard
     from ..greenpost import green_post
 
     if args.image:
@@ -68,15 +60,14 @@ def run(args) -> int:
     res = green_post(rgb[None], high_quality=args.high_quality)
     dt = time.perf_counter() - t0
     fg, alpha = res.fg[0], res.alpha[0]
-    board = checkerboard(*fg.shape[-2:])
-    comp = alpha * fg + (1 - alpha) * board
+    board = checkerboard(*fg.shape[-2:], dark=0.55)
+    comp = alpha_over(fg[None], alpha[None], board)[0]
     os.makedirs(args.out, exist_ok=True)
     rgba_path = os.path.join(args.out, "demo_rgba.png")
     comp_path = os.path.join(args.out, "demo_composite.png")
     save_png(rgba_path, fg, alpha)
     save_png(comp_path, comp)
-    key = "".join(f"{round(c * 255):02x}" for c in res.key_colour[0].tolist())
-    print(f"keyed {source} ({fg.shape[-1]}x{fg.shape[-2]}, key colour #{key}) in {dt:.2f} s")
+    print(f"keyed {source} ({fg.shape[-1]}x{fg.shape[-2]}, key colour {colour_to_hex(res.key_colour[0])}) in {dt:.2f} s")
     print(f"wrote {os.path.abspath(rgba_path)} (straight RGBA)")
     print(f"wrote {os.path.abspath(comp_path)} (composite over a checkerboard)")
     return 0
