@@ -162,3 +162,66 @@ def bbox(mask2d: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
 
 
 __all__ = ["cell_grid", "upsample", "sample", "morph", "box", "guided_filter", "bbox", "pool_factor"]
+
+
+def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float,
+                         subsample: int = 1, fit_blur: int = 0) -> torch.Tensor:
+    """guide [B,3,H,W], src [B,1,H,W] float -> [B,1,H,W]: guided filter (He et al.) with a colour guide.
+
+    Same maths as ``kornia.filters.guided_blur`` with a 3-channel guidance (src locally affine in the guide's RGB,
+    ridge ``eps`` in squared colour units), but the 3x3 systems are solved in closed form (adjugate) on
+    OpenCV box means, several times faster on CPU than a batched ``linalg.solve``. ``subsample > 1``: the fast
+    guided filter (coefficients on a grid that many times coarser, radius scaled down, upsampled bilinearly)."""
+    g, p, rad = guide, src, radius
+    if fit_blur > 0:
+        g, p = box(g, fit_blur), box(p, fit_blur)
+    if subsample > 1:
+        g, p = downsample(g, subsample), downsample(p, subsample)
+        rad = max(1, round(radius / subsample))
+    m = box(torch.cat([g, p, g * p], 1), rad)  # means of I (3), p (1), I*p (3)
+    mi, mp = m[:, 0:3], m[:, 3:4]
+    cov = m[:, 4:7] - mi * mp  # [B,3,h,w] cov(I_k, p)
+    r, gg, bb = g[:, 0:1], g[:, 1:2], g[:, 2:3]
+    s = box(torch.cat([r * r, r * gg, r * bb, gg * gg, gg * bb, bb * bb], 1), rad)
+    a = s[:, 0:1] - mi[:, 0:1] * mi[:, 0:1] + eps
+    b = s[:, 1:2] - mi[:, 0:1] * mi[:, 1:2]
+    c = s[:, 2:3] - mi[:, 0:1] * mi[:, 2:3]
+    d = s[:, 3:4] - mi[:, 1:2] * mi[:, 1:2] + eps
+    e = s[:, 4:5] - mi[:, 1:2] * mi[:, 2:3]
+    f = s[:, 5:6] - mi[:, 2:3] * mi[:, 2:3] + eps
+    i00, i01, i02 = d * f - e * e, c * e - b * f, b * e - c * d
+    i11, i12, i22 = a * f - c * c, b * c - a * e, a * d - b * b
+    det = (a * i00 + b * i01 + c * i02).clamp_min(1e-12)  # S + eps I is positive definite
+    c0, c1, c2 = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
+    k0 = (i00 * c0 + i01 * c1 + i02 * c2) / det
+    k1 = (i01 * c0 + i11 * c1 + i12 * c2) / det
+    k2 = (i02 * c0 + i12 * c1 + i22 * c2) / det
+    off = mp - k0 * mi[:, 0:1] - k1 * mi[:, 1:2] - k2 * mi[:, 2:3]
+    coef = box(torch.cat([k0, k1, k2, off], 1), rad)
+    if subsample > 1:
+        coef = upsample(coef, guide.shape[-2:])
+    return (coef[:, 0:3] * guide).sum(dim=1, keepdim=True) + coef[:, 3:4]
+
+
+def chroma_detail_ratio(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """image [B,3,H,W] in [0,1] (H, W >= 8), mask [B,1,H,W] in [0,1] or None -> [B]: chroma-to-luma detail at the
+    finest octave relative to the next, measured where ``mask`` is set (the keyer's transition band).
+
+    Each octave's detail is the energy lost by a 2x area downsample + bilinear upsample. In the transition band
+    luma and chroma follow the same alpha profile, so the ratio is about 1 at any octave when the chroma has full
+    resolution; chroma subsampled by JPEG / video (4:2:0) has almost none at the finest octave. Measured on the
+    keying benchmark's band: 0.57-0.91 lossless, 0.14-0.43 after JPEG (quality 90-95)."""
+    w = image.new_tensor([[0.299, 0.587, 0.114], [-0.169, -0.331, 0.5], [0.5, -0.419, -0.081]])
+    ycc = torch.einsum("kc,bchw->bkhw", w, image.float()).contiguous()
+    m = torch.ones_like(ycc[:, :1]) if mask is None else mask.float().contiguous()
+
+    def detail(x, m):  # -> energy per channel [B,3], the half-resolution image and mask
+        low = downsample(x, 2)
+        e = ((x - upsample(low, x.shape[-2:])).square() * m).flatten(2).sum(2) / m.flatten(1).sum(1, keepdim=True).clamp_min(1)
+        return e, low, downsample(m, 2)
+
+    e1, low, m2 = detail(ycc, m)
+    e2, _, _ = detail(low, m2)
+    r1 = (e1[:, 1] + e1[:, 2]) / (2 * e1[:, 0]).clamp_min(1e-12)
+    r2 = (e2[:, 1] + e2[:, 2]) / (2 * e2[:, 0]).clamp_min(1e-12)
+    return r1 / r2.clamp_min(1e-12)

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .alpha import despeckle, difference_ratio, ratio_to_alpha
-from .band import bbox, cell_grid, downsample, guided_filter, morph, pool_factor, upsample, upsample_planes
+from .band import bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, downsample, guided_filter, morph, pool_factor, upsample, upsample_planes
 from .keycolour import MIN_KEY_DOMINANCE, NoKeyColourWarning, key_channels, key_difference, key_dominance, resolve_key_colour
 from .unmix import despill
 
 MIN_SIDE = 8
+CHROMA_SUBSAMPLED = 0.5  # band chroma_detail_ratio below this: chroma subsampled (measured <= 0.43 vs >= 0.57)
 
 
 def canvas_noise(r: torch.Tensor, canvas: torch.Tensor | None, max_samples: int = 20_000) -> torch.Tensor:
@@ -40,7 +41,7 @@ class GreenPostOptions:
 
     black: float = 0.0  # linear key below which a pixel is pure canvas, 0..1 (added to the noise-adaptive part)
     white: float = 1.0  # linear key above which a pixel is opaque, 0..1 (less the noise-adaptive part)
-    noise_black: float = 1.0  # black point += this x the canvas noise (robust std of the difference ratio)
+    noise_black: float = 2.0  # black point += this x the canvas noise (robust std of the difference ratio)
     noise_white: float = 3.0  # white point -= this x the canvas noise (noise and spill come together)
     gamma: float = 1.0  # alpha gamma (>1 thins semi-transparent areas)
     local_screen: bool = True  # spatially varying screen colour (clean plate) instead of one flat key colour
@@ -52,10 +53,18 @@ class GreenPostOptions:
     fg_erode: int = 2  # erosion (px) of the opaque region that feeds the foreground colour model
     fg_local_min: bool = True  # and keep only pixels at the local minimum of the difference ratio
     fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
-    refine_radius: int = 1  # guided-filter radius in px (0 = off)
-    refine_eps: float = 1e-4  # guided-filter regularisation (smaller keeps more edges)
-    refine_subsample: int = 1  # fast guided filter: statistics on a grid this many times coarser
-    refine_noise: float = 0.02  # canvas noise at which refinement applies fully (0 = always fully)
+    fg_scalar: float = 1.0  # where the projection is not trusted: weight of the scalar model a = v / v(F_local)
+    fg_scalar_angle: float = 0.35  # sine of the angle between I-K and F_local-K at which the scalar model is ignored
+    fg_scalar_lo: float = 0.7  # the scalar model lowers alpha fully below this model alpha, tapering to none at
+    fg_scalar_hi: float = 0.9  # ... this one (an opaque pixel of another colour than its neighbours stays opaque)
+    refine_radius: int = 4  # guided-filter radius in px (0 = off)
+    refine_eps: float = 1e-4  # guided-filter regularisation, squared colour units (smaller keeps more edges)
+    refine_eps_noise: float = 1.0  # ... plus this x the canvas noise squared (noisy shots are smoothed more)
+    refine_fit_blur: int = -1  # box radius (px) blurring guide and alpha for the fit, the sharp guide then applied
+    # (restores detail lost to chroma subsampling); -1: auto, 1 when the image's chroma is subsampled (JPEG, video)
+    refine_colour: bool = True  # colour guide (local colour-line model); False: grey guide (cheaper)
+    refine_subsample: int = 2  # fast guided filter: coefficients on a grid this many times coarser (speed)
+    refine_noise: float = 0.0  # canvas noise at which refinement applies fully (0 = always fully)
     despeckle_area: float = 2e-5  # faint islands smaller than this fraction of the image are removed (0 = off)
     hole_area: float = 0.0  # key-coloured holes smaller than this fraction of the image are filled (0 = off)
     unmix_reg: float = 0.001  # ridge of the unmixing where alpha is small
@@ -290,9 +299,26 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             trust = (1.0 - resid / opts.fg_model_tol).clamp(0, 1) * (kf2 > 0.01).float()
             a_proj = ratio_to_alpha(1.0 - t, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
             old = a[i, 0].view(-1).index_select(0, idx)
+            if opts.fg_scalar > 0:
+                # scalar model: the pixel is a mix of the screen and a colour whose key difference is that of the
+                # local foreground colour (alpha = linear key / linear key of F_local); needs only the direction
+                # of I - K to agree roughly with F_local - K, so it reaches hair whose colour is not exactly the
+                # opaque pixels'. It only lowers alpha (over-opacity of non-key-coloured semi-transparent pixels
+                # is the colour-difference key's main error) and leaves pixels it would keep nearly opaque alone.
+                d_f = key_difference((kf + kk)[None, :, :, None], high[i : i + 1])[0, 0, :, 0]
+                d_s = key_difference(kk[None, :, :, None], high[i : i + 1])[0, 0, :, 0].clamp_min(0.05)
+                v_f = (1.0 - d_f / d_s).clamp_min(1.0)
+                r_i = r[i, 0].view(-1).index_select(0, idx)
+                a_sc = ratio_to_alpha(1.0 - (1.0 - r_i) / v_f, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
+                ki2 = (ki[0] * ki[0] + ki[1] * ki[1] + ki[2] * ki[2]).clamp_min(1e-6)
+                cos = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / (ki2 * kf2.clamp_min(1e-6)).sqrt()
+                sin = torch.where(cos > 0, (1 - cos.clamp(max=1) ** 2).sqrt(), torch.ones_like(cos))
+                w_sc = opts.fg_scalar * (1 - sin / opts.fg_scalar_angle).clamp(0, 1) * (1 - trust)
+                w_sc *= ((opts.fg_scalar_hi - a_sc) / (opts.fg_scalar_hi - opts.fg_scalar_lo)).clamp(0, 1)
+                old = old + w_sc * (a_sc - old).clamp(max=0)
             a[i, 0].view(-1).index_copy_(0, idx, old + trust * (a_proj - old))
 
-    # 3. refinement: guided filter (grey guide) in the transition band, on its bounding crop; then despeckle
+    # 3. refinement: guided filter (colour guide) in the transition band, on its bounding crop; then despeckle
     if opts.refine_radius > 0:
         rad = opts.refine_radius
         # denoising strength follows the canvas noise: a clean (generated) canvas keeps its exact key
@@ -307,10 +333,24 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
                 continue
             y0, y1, x0, x1 = box_
             crop = img[i : i + 1, :, y0:y1, x0:x1]
-            luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
             ac = ai[:, :, y0:y1, x0:x1]
-            ref = guided_filter(luma, ac.contiguous(), rad, opts.refine_eps, opts.refine_subsample).clamp_(0, 1)
+            eps = opts.refine_eps + opts.refine_eps_noise * float(sigma[i]) ** 2
+            if opts.refine_colour:
+                # colour guide: alpha is locally affine in RGB wherever a window mixes the screen with one or two
+                # foreground colours (the colour-line model of closed-form matting); a grey guide cannot separate
+                # a foreground whose luminance equals the screen's
+                fit_blur = opts.refine_fit_blur
+                if fit_blur < 0:
+                    small_crop = min(crop.shape[-2:]) < 16
+                    ratio = 1.0 if small_crop else float(chroma_detail_ratio(crop, band[y0:y1, x0:x1][None, None])[0])
+                    fit_blur = 1 if ratio < CHROMA_SUBSAMPLED else 0
+                ref = colour_guided_filter(crop, ac.contiguous(), rad, eps, opts.refine_subsample,
+                                           fit_blur).clamp_(0, 1)
+            else:
+                luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+                ref = guided_filter(luma, ac.contiguous(), rad, eps, opts.refine_subsample).clamp_(0, 1)
             bc = band[y0:y1, x0:x1][None, None]
+            bc = bc & (ac > 0)  # never raise what the keyer sees as pure canvas (no haze around hard edges)
             ac.copy_(torch.where(bc, ac + float(wgt[i]) * (ref - ac), ac))
     if high_quality:
         from .hq import band_matting
@@ -362,4 +402,4 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
         spill = torch.where(keep, spill, torch.zeros_like(spill))
 
     return GreenPostResult(fg=fg.to(out_dtype), alpha=a.to(out_dtype), spill=spill.to(out_dtype),
-                           key_colour=key.to(out_dtype), extras={"screen_grid": screen_grid})
+                           key_colour=key.to(out_dtype), extras={"screen_grid": screen_grid, "canvas_noise": sigma})

@@ -31,14 +31,20 @@ def scene(h=96, w=128, fg_colour=(0.5, 0.45, 0.4), b=1):
 
 @pytest.mark.parametrize("fg_colour", [(0.5, 0.5, 0.5), (0.3, 0.6, 0.6), (0.9, 0.9, 0.9), (0.1, 0.3, 0.3)])
 def test_flat_canvas_composite_is_reconstructed_exactly(fg_colour):
-    # colours whose colour difference against the key is linear in alpha (G = max(R, B)): exact reconstruction
+    # colours whose colour difference against the key is linear in alpha (G = max(R, B)): the keying and unmixing
+    # maths reconstruct exactly (refinement off: the guided filter's ridge regularisation rounds a synthetic
+    # 24 px ramp very slightly)
     fg, alpha = scene(fg_colour=fg_colour)
     image = composite(fg, alpha, GREEN)
-    res = green_post(image, key_colour=GREEN)
+    res = green_post(image, key_colour=GREEN, refine_radius=0)
     assert torch.allclose(res.alpha, alpha, atol=1e-4), (res.alpha - alpha).abs().max()
     solid = (alpha > 0.05).expand_as(fg)
     assert torch.allclose(res.fg[solid], fg[solid], atol=1e-3)
     assert torch.allclose(composite(res.fg, res.alpha, GREEN), image, atol=1e-4)
+    default = green_post(image, key_colour=GREEN)
+    assert ((default.alpha - alpha) ** 2).mean() < 5e-6 and (default.alpha - alpha).abs().max() < 0.03
+    assert default.alpha[alpha == 0].max() == 0  # refinement never puts haze on the pure canvas
+    assert torch.allclose(composite(default.fg, default.alpha, GREEN), image, atol=5e-3)
 
 
 @pytest.mark.parametrize("fg_colour", [(0.55, 0.45, 0.40), (0.9, 0.6, 0.7), (0.2, 0.15, 0.1), (0.2, 0.2, 0.1)])
@@ -49,7 +55,7 @@ def test_flat_canvas_composite_general_colours(fg_colour):
     image = composite(fg, alpha, GREEN)
     flat = green_post(image, key_colour=GREEN, local_screen=False)
     assert ((flat.alpha - alpha) ** 2).mean() < 1e-4
-    assert (composite(flat.fg, flat.alpha, GREEN) - image).abs().max() < 5e-3
+    assert (composite(flat.fg, flat.alpha, GREEN) - image).abs().max() < 1e-2
     plain = green_post(image, key_colour=GREEN, local_screen=False, fg_model=False)
     assert ((flat.alpha - alpha) ** 2).mean() < ((plain.alpha - alpha) ** 2).mean()
     default = green_post(image, key_colour=GREEN)
@@ -63,7 +69,8 @@ def test_auto_key_matches_the_canvas_and_reconstructs():
     assert key.shape == (1, 3)
     assert torch.allclose(key[0], GREEN, atol=0.01)
     res = green_post(image)
-    assert torch.allclose(res.alpha, alpha, atol=3e-3)
+    assert torch.allclose(res.alpha, green_post(image, key_colour=GREEN).alpha, atol=3e-3)  # as good as the given key
+    assert ((res.alpha - alpha) ** 2).mean() < 5e-6
 
 
 @pytest.mark.parametrize("name, key", [("blue", (0.0, 0.28, 0.73)), ("magenta", (1.0, 0.0, 1.0)),
@@ -249,7 +256,7 @@ def test_despeckle_removes_faint_islands_only():
     res = green_post(speck, key_colour=GREEN)
     assert res.alpha[:, :, 5:7, 5:7].max() == 0
     kept = green_post(speck, key_colour=GREEN, despeckle_area=0)
-    assert kept.alpha[:, :, 5:7, 5:7].max() > 0.2
+    assert kept.alpha[:, :, 5:7, 5:7].max() > 0.1
 
 
 def test_high_quality_mode_runs_and_stays_close():
@@ -311,3 +318,76 @@ def test_torch_paths_give_the_same_key_as_the_opencv_paths(monkeypatch):
     monkeypatch.setattr(band, "USE_OPENCV", False)
     slow = green_post(image)
     assert (fast.alpha - slow.alpha).abs().max() < 1e-3 and (fast.fg - slow.fg).abs().max() < 1e-3
+
+
+def test_colour_guided_filter_matches_kornia():
+    # the closed-form 3x3 solve gives kornia's guided_blur with a colour guidance (same window, ridge, border)
+    from kornia.filters import guided_blur
+
+    from diffumatting.greenpost.band import colour_guided_filter
+
+    g = torch.Generator().manual_seed(2)
+    guide = torch.rand(2, 3, 41, 57, generator=g)
+    src = (0.6 * guide[:, :1] - 0.3 * guide[:, 2:] + 0.1 * torch.rand(2, 1, 41, 57, generator=g)).clamp(0, 1)
+    for radius, eps in ((1, 1e-4), (3, 1e-2)):
+        ref = guided_blur(guide, src, 2 * radius + 1, eps, border_type="replicate")
+        assert torch.allclose(colour_guided_filter(guide, src, radius, eps), ref, atol=1e-5)
+    # src exactly affine in the guide's colour: reproduced (the colour-line model), also from a coarser grid
+    affine = 0.5 * guide[:, :1] + 0.25 * guide[:, 1:2] - 0.2 * guide[:, 2:] + 0.1
+    assert torch.allclose(colour_guided_filter(guide, affine, 2, 1e-8), affine, atol=1e-3)
+    assert torch.allclose(colour_guided_filter(guide, affine, 4, 1e-8, subsample=2), affine, atol=1e-3)
+    assert torch.allclose(colour_guided_filter(guide, affine, 2, 1e-8, fit_blur=1), affine, atol=1e-3)
+
+
+def _hairy_scene(h=128, w=160):
+    """A smooth-coloured object with a wiggly, strand-like soft edge over green."""
+    g = torch.Generator().manual_seed(3)
+    xs = torch.arange(w).float()[None, :].expand(h, w)
+    ys = torch.arange(h).float()[:, None].expand(h, w)
+    alpha = ((xs - 60 + 10 * torch.sin(ys / 1.7) + 5 * torch.sin(ys / 5.3)) / 3).clamp(0, 1)[None, None]
+    fg = torch.stack([0.55 + 0.2 * xs / w, 0.35 + 0.1 * ys / h, 0.25 + 0.1 * (xs + ys) / (w + h)])
+    fg = (fg[None] + 0.02 * torch.rand(1, 3, h, w, generator=g)).clamp(0, 1)
+    return composite(fg, alpha, GREEN), alpha
+
+
+def test_chroma_subsampling_is_detected_in_the_transition_band():
+    # JPEG with 4:2:0 chroma (OpenCV's default) reads as subsampled, the lossless image does not: the refinement
+    # then fits alpha on a blurred guide and applies it to the sharp one. A heuristic: it reads the keyer's
+    # transition band, where luma and chroma share the alpha profile
+    import cv2
+    import numpy as np
+
+    from diffumatting.greenpost.band import chroma_detail_ratio, morph
+    from diffumatting.greenpost.core import CHROMA_SUBSAMPLED
+
+    image, alpha = _hairy_scene()
+    band = morph(((alpha > 0) & (alpha < 1)).float(), 2, "max")
+    rgb8 = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    lossless = torch.from_numpy(rgb8).permute(2, 0, 1)[None] / 255.0
+    for quality in (75, 95):
+        ok, buf = cv2.imencode(".jpg", rgb8[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        jpeg = torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()).permute(2, 0, 1)[None] / 255.0
+        ratios = chroma_detail_ratio(torch.cat([lossless, jpeg]), band.expand(2, 1, -1, -1))
+        assert ratios[0] > CHROMA_SUBSAMPLED > ratios[1], (quality, ratios)
+    # (whether the blurred fit helps is measured by bench/keying.py's realistic variant, JPEG quality 90)
+
+
+def test_scalar_foreground_model_lowers_over_opaque_semi_transparent_pixels():
+    # semi-transparent pixels whose colour is near (but not on the line to) the nearby opaque colour, e.g. hair
+    # thinning out over a backdrop: the colour difference reads them too opaque; the scalar model corrects that
+    h, w = 96, 128
+    xs = torch.arange(w).float()[None, :].expand(h, w)
+    alpha = ((xs - 30) / 40).clamp(0, 1)[None, None]
+    opaque = torch.tensor([0.55, 0.40, 0.25]).view(1, 3, 1, 1)
+    thin = torch.tensor([0.60, 0.38, 0.36]).view(1, 3, 1, 1)  # the strands' colour
+    fg = torch.where(alpha >= 1, opaque, thin).expand(1, 3, h, w)
+    image = composite(fg, alpha, GREEN)
+    on = green_post(image, key_colour=GREEN, refine_radius=0, local_screen=False)
+    off = green_post(image, key_colour=GREEN, refine_radius=0, local_screen=False, fg_scalar=0.0)
+    semi = (alpha > 0.5) & (alpha < 0.95)  # within the model's reach of the opaque pixels
+    err_on = ((on.alpha - alpha)[semi] ** 2).mean()
+    err_off = ((off.alpha - alpha)[semi] ** 2).mean()
+    assert (off.alpha - alpha)[semi].mean() > 0.1  # the plain key is over-opaque there
+    assert err_on < 0.6 * err_off, (err_on, err_off)
+    # and opaque pixels stay opaque
+    assert on.alpha[alpha >= 1].min() == 1
