@@ -46,8 +46,9 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                "much key-colour spill is removed from the foreground colour."),
                 io.Float.Input("preserve_luminance", default=0.0, min=0.0, max=1.0, step=0.05, tooltip="Fraction of "
                                "the luminance removed by despill that is added back (keeps despilled areas bright)."),
-                io.Int.Input("refine_radius", default=1, min=0, max=16, tooltip="Guided-filter radius (px) of the "
-                             "edge refinement, scaled by the canvas noise; 0 = off."),
+                io.Int.Input("refine_radius", default=4, min=0, max=16, tooltip="Radius (px) of the edge refinement: "
+                             "a guided filter with the image's colours as guide fits alpha to the local colour lines "
+                             "(hair, soft edges, JPEG/video chroma); 0 = off (raw colour difference)."),
                 io.Boolean.Input("high_quality", default=False, tooltip="Experimental: also solve closed-form "
                                  "matting in the uncertain band (slower, CPU). On the development benchmark it is not yet "
                                  "better than the default; leave off unless edges look wrong."),
