@@ -16,9 +16,9 @@ difference ``G - max(R, B)`` against the estimated screen colour, unmixing and d
 per variant on a grid), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
 by multi-level estimation). Metrics (bench/metrics.py): SAD, MSE, Grad, Conn on alpha and the premultiplied
 foreground MSE, whole image. Time: median seconds per megapixel of the keyer call, all methods single-threaded
-(``--threads``) in the same run. Ratios are against ``baseline``. ``greenpost_hq`` and ``pymatting`` run after all
-other methods of every variant: once numba (pymatting) has run, torch code in the same process slows down many
-times over (measured: GreenPost 30x).
+(``--threads``) in the same run. Ratios are against ``baseline``. ``pymatting`` runs after all other methods of
+every variant: once numba (pymatting) has run, torch code in the same process slows down many times over
+(measured: GreenPost 30x). Timings need a quiet machine: compare the in-run ratios.
 """
 
 from __future__ import annotations
@@ -304,8 +304,8 @@ def main(argv=None) -> int:
         bp["tune"] = True
     variants = ["clean", "real"] if args.variant == "both" else [args.variant]
     tables = []
-    # every variant's torch / numpy methods first, the pymatting-based ones (numba threads slow torch) after them
-    slow = [n for n in names if n in ("greenpost_hq", "pymatting")]
+    # every variant's torch / numpy methods first, the pymatting baseline (numba threads slow torch) after them
+    slow = [n for n in names if n == "pymatting"]
     fast = [n for n in names if n not in slow]
     results = {v: {} for v in variants}
     for group in (fast, slow):

@@ -173,8 +173,8 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
 
     ``key_colour``: "auto" (estimated from the canvas), a preset ("green", "blue", "magenta", ...), a hex colour or
     a ``[3]``/``[B,3]`` tensor. With ``alpha`` given (e.g. from the matting head) that matte is kept; GreenPost
-    only zeroes faint values on confident canvas, unmixes and despills. ``high_quality`` adds closed-form
-    matting in the uncertain band (slower). ``options``: see :class:`GreenPostOptions`.
+    only zeroes faint values on confident canvas, unmixes and despills. ``high_quality`` averages in a second,
+    coarser refinement scale (a little slower). ``options``: see :class:`GreenPostOptions`.
     """
     opts = GreenPostOptions.from_kwargs(**options)
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
@@ -213,6 +213,20 @@ def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cel
     grid = cell_grid(small, conf, fs, smooth=True)
     grid = torch.where(has[:, None, None, None], grid, k.expand_as(grid))
     return grid, conf, s
+
+
+def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 512) -> bool:
+    """crop [1,3,h,w], band [h,w] bool -> whether the chroma looks subsampled (JPEG / video 4:2:0), read on at most
+    a window x window part of the crop centred on the band (a property of the whole image; bounded cost)."""
+    h, w = band.shape
+    if min(h, w) < 16:
+        return False
+    if h * w > window * window:
+        ys, xs = band.nonzero(as_tuple=True)
+        cy, cx = int(ys.float().mean()), int(xs.float().mean())
+        y0, x0 = max(0, min(h - window, cy - window // 2)), max(0, min(w - window, cx - window // 2))
+        crop, band = crop[..., y0 : y0 + window, x0 : x0 + window], band[y0 : y0 + window, x0 : x0 + window]
+    return float(chroma_detail_ratio(crop, band[None, None])[0]) < CHROMA_SUBSAMPLED
 
 
 def _expand(idx: torch.Tensor, s: int, ws: int, h: int, w: int) -> torch.Tensor:
@@ -321,7 +335,8 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
     # 3. refinement: guided filter (colour guide) in the transition band, on its bounding crop; then despeckle
     if opts.refine_radius > 0:
         rad = opts.refine_radius
-        # denoising strength follows the canvas noise: a clean (generated) canvas keeps its exact key
+        # optional: strength following the canvas noise (refine_noise > 0); by default the refinement always
+        # applies (it helps clean generated canvases too: it fits alpha to the local colour lines)
         wgt = (sigma / opts.refine_noise).clamp(0, 1) if opts.refine_noise > 0 else torch.ones_like(sigma)
         for i in range(b):
             if float(wgt[i]) <= 0:
@@ -341,21 +356,21 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
                 # a foreground whose luminance equals the screen's
                 fit_blur = opts.refine_fit_blur
                 if fit_blur < 0:
-                    small_crop = min(crop.shape[-2:]) < 16
-                    ratio = 1.0 if small_crop else float(chroma_detail_ratio(crop, band[y0:y1, x0:x1][None, None])[0])
-                    fit_blur = 1 if ratio < CHROMA_SUBSAMPLED else 0
-                ref = colour_guided_filter(crop, ac.contiguous(), rad, eps, opts.refine_subsample,
-                                           fit_blur).clamp_(0, 1)
+                    fit_blur = 1 if _chroma_subsampled(crop, band[y0:y1, x0:x1]) else 0
+                ref = colour_guided_filter(crop, ac.contiguous(), rad, eps, opts.refine_subsample, fit_blur)
+                if high_quality:
+                    # second, coarser scale (twice the window, coefficients on a grid twice as coarse): wider
+                    # colour lines for wide soft regions; the two fits are averaged
+                    coarse = colour_guided_filter(crop, ac.contiguous(), 2 * rad, eps, 2 * opts.refine_subsample,
+                                                  fit_blur)
+                    ref = 0.5 * (ref + coarse)
+                ref = ref.clamp_(0, 1)
             else:
                 luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
                 ref = guided_filter(luma, ac.contiguous(), rad, eps, opts.refine_subsample).clamp_(0, 1)
             bc = band[y0:y1, x0:x1][None, None]
             bc = bc & (ac > 0)  # never raise what the keyer sees as pure canvas (no haze around hard edges)
             ac.copy_(torch.where(bc, ac + float(wgt[i]) * (ref - ac), ac))
-    if high_quality:
-        from .hq import band_matting
-
-        a = band_matting(img, a)
     if opts.despeckle_area > 0 or opts.hole_area > 0:
         a = despeckle(a, max(8, int(round(opts.despeckle_area * h * w))) if opts.despeckle_area > 0 else 0,
                       int(round(opts.hole_area * h * w)))

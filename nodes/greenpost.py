@@ -49,9 +49,9 @@ class DiffuMattingGreenPost(io.ComfyNode):
                 io.Int.Input("refine_radius", default=4, min=0, max=16, tooltip="Radius (px) of the edge refinement: "
                              "a guided filter with the image's colours as guide fits alpha to the local colour lines "
                              "(hair, soft edges, JPEG/video chroma); 0 = off (raw colour difference)."),
-                io.Boolean.Input("high_quality", default=False, tooltip="Experimental: also solve closed-form "
-                                 "matting in the uncertain band (slower, CPU). On the development benchmark it is not yet "
-                                 "better than the default; leave off unless edges look wrong."),
+                io.Boolean.Input("high_quality", default=False, tooltip="Also refine at a second, coarser scale "
+                                 "and average the two (a little slower; slightly lower error on the keying benchmark, "
+                                 "mostly on wide soft edges)."),
             ],
             outputs=[
                 io.Image.Output("fg", display_name="fg", tooltip="Straight (not premultiplied) foreground RGB."),

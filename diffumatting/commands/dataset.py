@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--out", required=True, metavar="DIR", help="data-set folder (created; resumed if it exists)")
     p.add_argument("--key-colour", default="auto", help="'auto', a preset (green, blue, ...) or a hex colour")
-    p.add_argument("--high-quality", action="store_true", help="GreenPost's closed-form refinement (slower)")
+    p.add_argument("--high-quality", action="store_true", help="GreenPost's high-quality mode (two refinement scales)")
     p.add_argument("--alpha-bits", type=int, choices=(8, 16), default=8, help="bit depth of alpha/*.png")
     p.add_argument("--trimap-radius", type=int, default=10, help="unknown band half width in pixels (default 10)")
     p.add_argument("--no-gate", action="store_true", help="keep every sample (scores are still recorded)")

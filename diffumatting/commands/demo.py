@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "demo_rgba.png (straight RGB + alpha) and demo_composite.png (over a checkerboard) to the output folder.")
     p.add_argument("-o", "--out", default="demo_out", metavar="OUTDIR", help="output folder (default demo_out/)")
     p.add_argument("--high-quality", action="store_true",
-                   help="experimental: closed-form matting in the uncertain band (slower)")
+                   help="high-quality mode: a second, coarser refinement scale averaged in (a little slower; slightly better on wide soft edges)")
     p.add_argument("--image", default=None, help="key this image instead of the bundled one")
     p.set_defaults(func=run)
 

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                    "hex colour like #00B140")
     p.add_argument("--share-key", action="store_true", help="estimate one key colour for all inputs (video frames)")
     p.add_argument("--high-quality", action="store_true",
-                   help="experimental: closed-form matting in the uncertain band (slower; not yet better than default)")
+                   help="high-quality mode: a second, coarser refinement scale averaged in (a little slower; slightly better on wide soft edges)")
     p.add_argument("--keep-input-alpha", action="store_true",
                    help="an input PNG's own alpha channel is kept as the matte (only the colour is unmixed)")
     p.add_argument("--despill", type=float, default=1.0, help="despill strength 0..1 (default 1)")
