@@ -7,7 +7,7 @@ import torch
 from diffumatting.greenpost import green_post
 
 DEFAULTS = {"key_colour": "auto", "key_hex": "#00B140", "share_key_across_batch": True, "clip_black": 0.0,
-            "clip_white": 1.0, "despill": 1.0, "preserve_luminance": 0.0, "refine_radius": 1, "high_quality": False}
+            "clip_white": 1.0, "despill": 1.0, "preserve_luminance": 0.0, "refine_radius": 4, "high_quality": False}
 
 
 def _img(node_id, w=96, h=64, batch=1, kind="greenscreen"):
@@ -32,6 +32,8 @@ def test_node_is_registered_with_its_schema(comfy):
     assert tuple(cls.RETURN_NAMES) == ("fg", "alpha", "mask", "rgba", "spill")
     assert tuple(cls.RETURN_TYPES) == ("IMAGE", "MASK", "MASK", "IMAGE", "MASK")
     assert cls.CATEGORY == "DiffuMatting/keying"
+    for name, value in DEFAULTS.items():  # the prompts below use the node's own defaults
+        assert info["required"][name][1].get("default") == value, name
 
 
 def test_node_outputs_and_polarity_in_a_workflow(comfy, run_prompt):
