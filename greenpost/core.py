@@ -215,17 +215,21 @@ def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cel
     return grid, conf, s
 
 
-def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 512) -> bool:
+def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 512, min_pixels: int = 2000) -> bool:
     """crop [1,3,h,w], band [h,w] bool -> whether the chroma looks subsampled (JPEG / video 4:2:0), read on at most
-    a window x window part of the crop centred on the band (a property of the whole image; bounded cost)."""
+    a window x window part of the crop centred on a band pixel (a property of the whole image; bounded cost).
+    Too little band to judge: False (the sharp fit, right for lossless images)."""
     h, w = band.shape
-    if min(h, w) < 16:
-        return False
     if h * w > window * window:
         ys, xs = band.nonzero(as_tuple=True)
-        cy, cx = int(ys.float().mean()), int(xs.float().mean())
+        if ys.numel() == 0:
+            return False
+        mid = ys.numel() // 2  # a band pixel in the middle rows (a centroid may fall in a hole of a ring-shaped band)
+        cy, cx = int(ys[mid]), int(xs[mid])
         y0, x0 = max(0, min(h - window, cy - window // 2)), max(0, min(w - window, cx - window // 2))
         crop, band = crop[..., y0 : y0 + window, x0 : x0 + window], band[y0 : y0 + window, x0 : x0 + window]
+    if min(band.shape) < 16 or int(band.sum()) < min_pixels:
+        return False
     return float(chroma_detail_ratio(crop, band[None, None])[0]) < CHROMA_SUBSAMPLED
 
 

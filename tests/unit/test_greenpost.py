@@ -396,3 +396,29 @@ def test_scalar_foreground_model_lowers_over_opaque_semi_transparent_pixels():
     assert err_on < 0.6 * err_off, (err_on, err_off)
     # and opaque pixels stay opaque
     assert on.alpha[alpha >= 1].min() == 1
+
+
+def test_chroma_check_reads_the_band_of_a_large_ring_shaped_edge():
+    # a large disc: its transition band is a ring whose centroid holds no band pixel; the check must still read
+    # the band (lossless: not subsampled; JPEG 4:2:0: subsampled)
+    import cv2
+    import numpy as np
+
+    from diffumatting.greenpost.core import _chroma_subsampled
+
+    n = 720
+    ys, xs = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
+    ang = torch.atan2(ys - n / 2, xs - n / 2)
+    radius = 280 + 6 * torch.sin(ang * 90)  # a wiggly, hair-like rim
+    alpha = ((radius - ((ys - n / 2) ** 2 + (xs - n / 2) ** 2).sqrt()) / 3).clamp(0, 1)[None, None]
+    fg = torch.stack([0.55 + 0.2 * xs / n, 0.35 + 0.1 * ys / n, 0.25 + 0.0 * xs])[None]
+    image = composite(fg, alpha, GREEN)
+    band = ((alpha > 0) & (alpha < 1))[0, 0]
+    assert not bool(band[n // 2 - 50 : n // 2 + 50, n // 2 - 50 : n // 2 + 50].any())
+    rgb8 = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    lossless = torch.from_numpy(rgb8).permute(2, 0, 1)[None] / 255.0
+    ok, buf = cv2.imencode(".jpg", rgb8[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    jpeg = torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()).permute(2, 0, 1)[None] / 255.0
+    assert not _chroma_subsampled(lossless, band)
+    assert _chroma_subsampled(jpeg, band)
+    assert not _chroma_subsampled(lossless, torch.zeros_like(band))  # no band: cannot tell, sharp fit
