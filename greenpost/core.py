@@ -215,7 +215,7 @@ def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cel
     return grid, conf, s
 
 
-def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 512, min_pixels: int = 2000) -> bool:
+def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 384, min_pixels: int = 2000) -> bool:
     """crop [1,3,h,w], band [h,w] bool -> whether the chroma looks subsampled (JPEG / video 4:2:0), read on at most
     a window x window part of the crop centred on a band pixel (a property of the whole image; bounded cost).
     Too little band to judge: False (the sharp fit, right for lossless images)."""
