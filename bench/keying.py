@@ -15,8 +15,8 @@ Methods: ``greenpost`` (default mode), ``greenpost_hq`` (high-quality switch), `
 difference ``G - max(R, B)`` against the estimated screen colour, unmixing and despill, black/white points tuned
 per variant on a grid), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
 by multi-level estimation). Metrics (bench/metrics.py): SAD, MSE, Grad, Conn on alpha and the premultiplied
-foreground MSE, whole image. Time: median seconds per megapixel of the keyer call, all methods single-threaded
-(``--threads``) in the same run. Ratios are against ``baseline``. ``pymatting`` runs after all other methods of
+foreground MSE, whole image. Time: median seconds per megapixel of the keyer call on the first 5 subjects, all methods single-threaded
+(``--threads``) in the same run, interleaved (each repeat runs every method on every subject in rotating order). Ratios are against ``baseline``. ``pymatting`` runs after all other methods of
 every variant: once numba (pymatting) has run, torch code in the same process slows down many times over
 (measured: GreenPost 30x). Timings need a quiet machine: compare the in-run ratios.
 """
@@ -207,24 +207,31 @@ def run_variant(subjects, variant: str, names: list[str], baseline_params: dict,
         print(f"[{variant}] baseline tuned: {baseline_params[variant]}", flush=True)
     methods = make_methods(names, variant, baseline_params)
     results = {}
-    for mname, fn in methods.items():
+    for mname, fn in methods.items():  # quality: one run per subject
         fn(shots[0][:128, :128].copy())  # warm-up: imports, JIT
-        rows, times = [], []
-        for i, ((sname, fg, gt), img) in enumerate(zip(subjects, shots)):
-            mp = gt.size / 1e6
-            out = None
-            for _ in range(repeats if i < 5 else 1):
-                t0 = time.perf_counter()
-                res = fn(img)
-                times.append((time.perf_counter() - t0) / mp)
-                out = out or res
-            alpha, pred_fg = out
+        rows = []
+        for (sname, fg, gt), img in zip(subjects, shots):
+            alpha, pred_fg = fn(img)
             if not (np.isfinite(alpha).all() and np.isfinite(pred_fg).all()):
                 raise SystemExit(f"{mname} returned NaN/inf on {sname}")
             rows.append(dict(subject=sname, **metrics.all_metrics(np.clip(alpha, 0, 1), gt, np.clip(pred_fg, 0, 1), fg)))
             print(f"  [{variant}] {mname:13s} {sname:32s} MSE {rows[-1]['MSE']:7.3f}  FgMSE {rows[-1]['FgMSE']:6.3f}",
                   flush=True)
-        results[mname] = dict(rows=rows, sec_per_mp=statistics.median(times))
+        results[mname] = dict(rows=rows)
+    # time: methods interleaved (every repeat, every subject, the methods in rotating order), so a slow spell of a
+    # shared machine hits all of them alike; median seconds per megapixel over the first 5 subjects
+    times = {m: [] for m in methods}
+    order = list(methods)
+    for r in range(repeats):
+        for k, ((_, _, gt), img) in enumerate(list(zip(subjects, shots))[:5]):
+            mp = gt.size / 1e6
+            rot = (r + k) % len(order)
+            for mname in order[rot:] + order[:rot]:
+                t0 = time.perf_counter()
+                methods[mname](img)
+                times[mname].append((time.perf_counter() - t0) / mp)
+    for mname in methods:
+        results[mname]["sec_per_mp"] = statistics.median(times[mname])
     return results
 
 

@@ -199,8 +199,12 @@ def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, ep
     off = mp - k0 * mi[:, 0:1] - k1 * mi[:, 1:2] - k2 * mi[:, 2:3]
     coef = box(torch.cat([k0, k1, k2, off], 1), rad)
     if subsample > 1:
-        coef = upsample(coef, guide.shape[-2:])
-    return (coef[:, 0:3] * guide).sum(dim=1, keepdim=True) + coef[:, 3:4]
+        coef = torch.stack([upsample_planes(c, guide.shape[-2:]) for c in coef]) if _cpu32(coef) else \
+            upsample(coef, guide.shape[-2:])
+    out = coef[:, 3:4].clone()
+    for c in range(3):
+        out.addcmul_(coef[:, c : c + 1], guide[:, c : c + 1])
+    return out
 
 
 def chroma_detail_ratio(image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
