@@ -15,10 +15,11 @@ Methods: ``greenpost`` (default mode), ``greenpost_hq`` (high-quality switch), `
 difference ``G - max(R, B)`` against the estimated screen colour, unmixing and despill, black/white points tuned
 per variant on a grid), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
 by multi-level estimation). Metrics (bench/metrics.py): SAD, MSE, Grad, Conn on alpha and the premultiplied
-foreground MSE, whole image. Time: median seconds per megapixel of the keyer call on the first 5 subjects, all methods single-threaded
-(``--threads``) in the same run, interleaved (each repeat runs every method on every subject in rotating order). Ratios are against ``baseline``. ``pymatting`` runs after all other methods of
-every variant: once numba (pymatting) has run, torch code in the same process slows down many times over
-(measured: GreenPost 30x). Timings need a quiet machine: compare the in-run ratios.
+foreground MSE, whole image. Time: median seconds per megapixel of the keyer call on the first 5 subjects, all
+methods single-threaded (``--threads``) in the same run, interleaved (each repeat runs every method on every subject
+in rotating order). Ratios are against ``baseline``. ``pymatting`` runs after all other methods of every variant:
+once numba (pymatting) has run, torch code in the same process slows down many times over (measured: GreenPost
+30x). Timings need a quiet machine: compare the in-run ratios.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Alpha from colour difference against a (local) key colour, morphology, despeckle."""
+"""Alpha from colour difference against a (local) key colour, despeckle."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .keycolour import key_difference
 
@@ -29,31 +28,6 @@ def ratio_to_alpha(r: torch.Tensor, black: float, white: float | torch.Tensor, g
     if gamma != 1.0:
         a = a.pow(gamma)
     return a
-
-
-def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """mask: [B,1,H,W] in [0,1] -> [B,1,H,W]: grey erosion (min over a (2r+1) square)."""
-    if radius <= 0:
-        return mask
-    return -dilate(-mask, radius)
-
-
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """mask: [B,1,H,W] in [0,1] -> [B,1,H,W]: grey dilation (max over a (2r+1) square)."""
-    if radius <= 0:
-        return mask
-    k = 2 * radius + 1
-    if mask.device.type == "cpu" and mask.dtype == torch.float32:
-        import cv2  # much faster than a stride-1 max-pool on CPU; same result (replicated border)
-
-        kernel = np.ones((k, k), np.uint8)
-        arr = mask.detach().contiguous().numpy()
-        out = np.empty_like(arr)
-        for i in range(arr.shape[0]):
-            out[i, 0] = cv2.dilate(arr[i, 0], kernel, borderType=cv2.BORDER_REPLICATE)
-        return torch.from_numpy(out)
-    out = F.max_pool2d(mask, (1, k), stride=1, padding=(0, radius))
-    return F.max_pool2d(out, (k, 1), stride=1, padding=(radius, 0))
 
 
 def despeckle(alpha: torch.Tensor, min_area: int, hole_area: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ def _cpu32(x: torch.Tensor) -> bool:
 
 def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth: bool = False) -> torch.Tensor:
     """image [B,C,H,W], confidence [B,1,H,W] in [0,1] -> [B,C,ceil(H/f),ceil(W/f)] confident cell means, push-pull
-    filled where a cell has none (the low-resolution grid of :func:`.screen.local_colour`)."""
+    filled where a cell has none (the clean plate of the screen, the local foreground colour)."""
     if factor > 1:
         v = F.avg_pool2d(image * confidence, factor, ceil_mode=True)
         c = F.avg_pool2d(confidence, factor, ceil_mode=True)
@@ -35,20 +35,9 @@ def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     F.interpolate there, same values to float rounding)."""
     if tuple(low.shape[-2:]) == tuple(size):
         return low
-    if _cpu32(low) and low.shape[1] <= 4:
-        return torch.stack([upsample_hwc(low[i], size).permute(2, 0, 1) for i in range(low.shape[0])])
+    if _cpu32(low):  # contiguous planes: every later elementwise pass over them is cheaper
+        return torch.stack([upsample_planes(plane, size) for plane in low])
     return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-
-
-def upsample_hwc(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[C,h,w] -> [H,W,C] bilinear upsample (channels last: rows of pixels, cheap to gather with index_select)."""
-    h, w = size
-    if _cpu32(low) and low.shape[0] <= 4:
-        import cv2
-
-        out = cv2.resize(low.permute(1, 2, 0).contiguous().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-        return torch.from_numpy(out.reshape(h, w, low.shape[0]))
-    return F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
 def upsample_planes(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -80,13 +69,6 @@ def downsample(x: torch.Tensor, s: int) -> torch.Tensor:
                 out[i, c] = cv2.resize(arr[i, c], (w, h), interpolation=cv2.INTER_AREA)
         return torch.from_numpy(out)
     return F.avg_pool2d(x, s, ceil_mode=True)
-
-
-def sample(low: torch.Tensor, idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """low [C,h,w] grid, idx [N] flat indices into an HxW image -> [C,N]: ``upsample(low, size)`` at idx."""
-    if low.shape[-2:] == (1, 1):
-        return low.reshape(-1, 1).expand(-1, idx.numel())
-    return upsample_hwc(low, size).reshape(-1, low.shape[0]).index_select(0, idx).T
 
 
 def _cv2_ok(x: torch.Tensor) -> bool:
@@ -161,9 +143,6 @@ def bbox(mask2d: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
             max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + pad + 1))
 
 
-__all__ = ["cell_grid", "upsample", "sample", "morph", "box", "guided_filter", "bbox", "pool_factor"]
-
-
 def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float,
                          subsample: int = 1, fit_blur: int = 0) -> torch.Tensor:
     """guide [B,3,H,W], src [B,1,H,W] float -> [B,1,H,W]: guided filter (He et al.) with a colour guide.
@@ -171,7 +150,9 @@ def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, ep
     Same maths as ``kornia.filters.guided_blur`` with a 3-channel guidance (src locally affine in the guide's RGB,
     ridge ``eps`` in squared colour units), but the 3x3 systems are solved in closed form (adjugate) on
     OpenCV box means, several times faster on CPU than a batched ``linalg.solve``. ``subsample > 1``: the fast
-    guided filter (coefficients on a grid that many times coarser, radius scaled down, upsampled bilinearly)."""
+    guided filter (coefficients on a grid that many times coarser, radius scaled down, upsampled bilinearly).
+    ``fit_blur > 0``: the coefficients are fitted on guide and src box-blurred by that radius and applied to the
+    sharp guide (restores detail that src lost to chroma subsampling)."""
     g, p, rad = guide, src, radius
     if fit_blur > 0:
         g, p = box(g, fit_blur), box(p, fit_blur)
@@ -199,8 +180,7 @@ def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, ep
     off = mp - k0 * mi[:, 0:1] - k1 * mi[:, 1:2] - k2 * mi[:, 2:3]
     coef = box(torch.cat([k0, k1, k2, off], 1), rad)
     if subsample > 1:
-        coef = torch.stack([upsample_planes(c, guide.shape[-2:]) for c in coef]) if _cpu32(coef) else \
-            upsample(coef, guide.shape[-2:])
+        coef = upsample(coef, guide.shape[-2:])
     out = coef[:, 3:4].clone()
     for c in range(3):
         out.addcmul_(coef[:, c : c + 1], guide[:, c : c + 1])
@@ -229,3 +209,7 @@ def chroma_detail_ratio(image: torch.Tensor, mask: torch.Tensor | None = None) -
     r1 = (e1[:, 1] + e1[:, 2]) / (2 * e1[:, 0]).clamp_min(1e-12)
     r2 = (e2[:, 1] + e2[:, 2]) / (2 * e2[:, 0]).clamp_min(1e-12)
     return r1 / r2.clamp_min(1e-12)
+
+
+__all__ = ["cell_grid", "upsample", "upsample_planes", "downsample", "morph", "box", "guided_filter",
+           "colour_guided_filter", "chroma_detail_ratio", "bbox", "pool_factor"]

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .alpha import despeckle, difference_ratio, ratio_to_alpha
-from .band import bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, downsample, guided_filter, morph, pool_factor, upsample, upsample_planes
+from .band import (bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, downsample, guided_filter, morph,
+                   pool_factor, upsample, upsample_planes)
 from .keycolour import MIN_KEY_DOMINANCE, NoKeyColourWarning, key_channels, key_difference, key_dominance, resolve_key_colour
 from .unmix import despill
 
@@ -175,7 +176,8 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     ``key_colour``: "auto" (estimated from the canvas), a preset ("green", "blue", "magenta", ...), a hex colour or
     a ``[3]``/``[B,3]`` tensor. With ``alpha`` given (e.g. from the matting head) that matte is kept; GreenPost
     only zeroes faint values on confident canvas, unmixes and despills. ``high_quality`` averages in a second,
-    coarser refinement scale and fits JPEG / video (chroma-subsampled) images on a blurred guide (a little slower). ``options``: see :class:`GreenPostOptions`.
+    coarser refinement scale and fits JPEG / video (chroma-subsampled) images on a blurred guide (a little
+    slower). ``options``: see :class:`GreenPostOptions`.
     """
     opts = GreenPostOptions.from_kwargs(**options)
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
@@ -236,17 +238,27 @@ def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 320
     return float(chroma_detail_ratio(crop, band[None, None])[0]) < CHROMA_SUBSAMPLED
 
 
-def _expand(idx: torch.Tensor, s: int, ws: int, h: int, w: int) -> torch.Tensor:
-    """flat indices [N] on an s-times reduced grid of width ws -> flat indices of all their pixels in an HxW image."""
-    if s == 1:
-        return idx
-    ys = torch.div(idx, ws, rounding_mode="floor")
-    xs = idx - ys * ws
-    d = torch.arange(s, device=idx.device)
-    y = (ys[:, None, None] * s + d[None, :, None]).expand(-1, s, s)
-    x = (xs[:, None, None] * s + d[None, None, :]).expand(-1, s, s)
-    ok = (y < h) & (x < w)
-    return (y * w + x)[ok]
+def _scalar_model(a: torch.Tensor, r: torch.Tensor, ki: torch.Tensor, kf: torch.Tensor, kk: torch.Tensor,
+                  kf2: torch.Tensor, trust: torch.Tensor, high: torch.Tensor, black, white,
+                  opts: GreenPostOptions) -> torch.Tensor:
+    """Scalar foreground-colour model at N pixels: a [N] alpha so far, r [N] difference ratio, ki = I - K, kf = F_local
+    - K, kk = K (each [3,N]), kf2 = |kf|^2 [N], trust [N] of the projection model in [0,1], high [1,3] -> alpha [N].
+
+    The pixel is taken as a mix of the screen and a colour whose key difference is the local foreground colour's
+    (alpha = linear key / linear key of F_local). It needs only the direction of I - K to agree roughly with
+    F_local - K, so it reaches hair whose colour is not exactly the opaque pixels'. It only lowers alpha
+    (over-opacity of non-key-coloured semi-transparent pixels is the colour-difference key's main error) and leaves
+    pixels it would keep nearly opaque alone."""
+    d_f = key_difference((kf + kk)[None, :, :, None], high)[0, 0, :, 0]
+    d_s = key_difference(kk[None, :, :, None], high)[0, 0, :, 0].clamp_min(0.05)
+    v_f = (1.0 - d_f / d_s).clamp_min(1.0)
+    a_sc = ratio_to_alpha(1.0 - (1.0 - r) / v_f, black, white, opts.gamma)
+    ki2 = (ki[0] * ki[0] + ki[1] * ki[1] + ki[2] * ki[2]).clamp_min(1e-6)
+    cos = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / (ki2 * kf2.clamp_min(1e-6)).sqrt()
+    sin = torch.where(cos > 0, (1 - cos.clamp(max=1) ** 2).sqrt(), torch.ones_like(cos))
+    w_sc = opts.fg_scalar * (1 - sin / opts.fg_scalar_angle).clamp(0, 1) * (1 - trust)
+    w_sc *= ((opts.fg_scalar_hi - a_sc) / (opts.fg_scalar_hi - opts.fg_scalar_lo)).clamp(0, 1)
+    return a + w_sc * (a_sc - a).clamp(max=0)
 
 
 def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -> GreenPostResult:
@@ -321,22 +333,9 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             a_proj = ratio_to_alpha(1.0 - t, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
             old = a[i, 0].view(-1).index_select(0, idx)
             if opts.fg_scalar > 0:
-                # scalar model: the pixel is a mix of the screen and a colour whose key difference is that of the
-                # local foreground colour (alpha = linear key / linear key of F_local); needs only the direction
-                # of I - K to agree roughly with F_local - K, so it reaches hair whose colour is not exactly the
-                # opaque pixels'. It only lowers alpha (over-opacity of non-key-coloured semi-transparent pixels
-                # is the colour-difference key's main error) and leaves pixels it would keep nearly opaque alone.
-                d_f = key_difference((kf + kk)[None, :, :, None], high[i : i + 1])[0, 0, :, 0]
-                d_s = key_difference(kk[None, :, :, None], high[i : i + 1])[0, 0, :, 0].clamp_min(0.05)
-                v_f = (1.0 - d_f / d_s).clamp_min(1.0)
                 r_i = r[i, 0].view(-1).index_select(0, idx)
-                a_sc = ratio_to_alpha(1.0 - (1.0 - r_i) / v_f, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
-                ki2 = (ki[0] * ki[0] + ki[1] * ki[1] + ki[2] * ki[2]).clamp_min(1e-6)
-                cos = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / (ki2 * kf2.clamp_min(1e-6)).sqrt()
-                sin = torch.where(cos > 0, (1 - cos.clamp(max=1) ** 2).sqrt(), torch.ones_like(cos))
-                w_sc = opts.fg_scalar * (1 - sin / opts.fg_scalar_angle).clamp(0, 1) * (1 - trust)
-                w_sc *= ((opts.fg_scalar_hi - a_sc) / (opts.fg_scalar_hi - opts.fg_scalar_lo)).clamp(0, 1)
-                old = old + w_sc * (a_sc - old).clamp(max=0)
+                old = _scalar_model(old, r_i, ki, kf, kk, kf2, trust, high[i : i + 1], black[i, 0, 0, 0],
+                                    white[i, 0, 0, 0], opts)
             a[i, 0].view(-1).index_copy_(0, idx, old + trust * (a_proj - old))
 
     # 3. refinement: guided filter (colour guide) in the transition band, on its bounding crop; then despeckle
@@ -356,6 +355,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             y0, y1, x0, x1 = box_
             crop = img[i : i + 1, :, y0:y1, x0:x1]
             ac = ai[:, :, y0:y1, x0:x1]
+            src = ac.contiguous()
             eps = opts.refine_eps + opts.refine_eps_noise * float(sigma[i]) ** 2
             if opts.refine_colour:
                 # colour guide: alpha is locally affine in RGB wherever a window mixes the screen with one or two
@@ -364,17 +364,16 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
                 fit_blur = opts.refine_fit_blur
                 if fit_blur < 0:
                     fit_blur = 1 if high_quality and _chroma_subsampled(crop, band[y0:y1, x0:x1]) else 0
-                ref = colour_guided_filter(crop, ac.contiguous(), rad, eps, opts.refine_subsample, fit_blur)
+                ref = colour_guided_filter(crop, src, rad, eps, opts.refine_subsample, fit_blur)
                 if high_quality:
                     # second, coarser scale (twice the window, coefficients on a grid twice as coarse): wider
                     # colour lines for wide soft regions; the two fits are averaged
-                    coarse = colour_guided_filter(crop, ac.contiguous(), 2 * rad, eps, 2 * opts.refine_subsample,
-                                                  fit_blur)
+                    coarse = colour_guided_filter(crop, src, 2 * rad, eps, 2 * opts.refine_subsample, fit_blur)
                     ref = 0.5 * (ref + coarse)
                 ref = ref.clamp_(0, 1)
             else:
                 luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-                ref = guided_filter(luma, ac.contiguous(), rad, eps, opts.refine_subsample).clamp_(0, 1)
+                ref = guided_filter(luma, src, rad, eps, opts.refine_subsample).clamp_(0, 1)
             bc = band[y0:y1, x0:x1][None, None]
             bc = bc & (ac > 0)  # never raise what the keyer sees as pure canvas (no haze around hard edges)
             ac.copy_(torch.where(bc, ref if float(wgt[i]) >= 1 else ac + float(wgt[i]) * (ref - ac), ac))

@@ -1,4 +1,4 @@
-"""Spatially varying estimates: scattered-data fill (push-pull) and the local screen colour (clean plate)."""
+"""Spatially varying estimates: scattered-data fill (push-pull) and the grid size of the low-resolution statistics."""
 
 from __future__ import annotations
 
@@ -37,18 +37,3 @@ def pool_factor(h: int, w: int, cells: int) -> int:
     """Downscale factor so that the long side has about ``cells`` cells."""
     return max(1, math.ceil(max(h, w) / cells))
 
-
-def local_colour(image: torch.Tensor, confidence: torch.Tensor, cells: int = 96, smooth: bool = True) -> torch.Tensor:
-    """image: [B,C,H,W], confidence: [B,1,H,W] in [0,1] -> [B,C,H,W] smooth local mean of the confident pixels.
-
-    Averages confident pixels in cells (long side ``cells``), fills cells without any by push-pull, upsamples
-    bilinearly. Used for the clean plate of the screen and for the local foreground colour.
-    """
-    h, w = image.shape[-2:]
-    f = pool_factor(h, w, cells)
-    v = F.avg_pool2d(image * confidence, f, ceil_mode=True)
-    c = F.avg_pool2d(confidence, f, ceil_mode=True)
-    low = push_pull_fill(v / c.clamp_min(1e-12), c)
-    if smooth and min(low.shape[-2:]) >= 3:
-        low = F.avg_pool2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)

@@ -44,7 +44,6 @@ def save_head(path: str | os.PathLike, head: MattingHead, decoder_info: dict, tr
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in head.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(sd, os.fspath(tmp), metadata=_meta_str(meta))
-        os.chmod(tmp, 0o644)
 
 
 def parse_metadata(meta: dict[str, str] | None, source: str = "head") -> dict:

@@ -43,6 +43,7 @@ def image_to_bchw(image: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected an IMAGE [B,H,W,3] (or RGBA [B,H,W,4]), got {shape}")
     return image.movedim(-1, 1).float()
 
+
 def mask_to_b1hw(mask: torch.Tensor, name: str) -> torch.Tensor:
     """ComfyUI MASK [B,H,W] or [H,W] -> [B,1,H,W] float32."""
     if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
@@ -50,9 +51,11 @@ def mask_to_b1hw(mask: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected a MASK [B,H,W], got {shape}")
     return mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
 
+
 def to_image(x: torch.Tensor) -> torch.Tensor:
     """[B,C,H,W] -> ComfyUI IMAGE [B,H,W,C] float32 on the intermediate device."""
     return x.movedim(1, -1).contiguous().float().to(intermediate_device())
+
 
 def to_mask(x: torch.Tensor) -> torch.Tensor:
     """[B,1,H,W] -> ComfyUI MASK [B,H,W] float32 on the intermediate device."""

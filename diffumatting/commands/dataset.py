@@ -10,7 +10,6 @@ import sys
 from ..cli import CLIError, collect_image_files
 
 
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "dataset", help="key green-screen images into a matting data set (image/ fg/ alpha/ trimap/ metadata.jsonl)",
@@ -32,7 +31,6 @@ def register(subparsers) -> None:
     p.add_argument("--max-coverage", type=float, default=None, help="gate: largest mean alpha")
     p.add_argument("--model", default="", help="model name to record in metadata.jsonl")
     p.set_defaults(func=run)
-
 
 
 def sample_name(path: str, used: set[str]) -> str:

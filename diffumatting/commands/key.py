@@ -9,7 +9,6 @@ import warnings
 from ..cli import CLIError, collect_image_files
 
 
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "key", help="key green-screen images into RGBA PNGs with straight alpha (GreenPost, no model weights)",
@@ -30,7 +29,6 @@ def register(subparsers) -> None:
     p.add_argument("--despill", type=float, default=1.0, help="despill strength 0..1 (default 1)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=None, help="output bit depth (default: the input's)")
     p.set_defaults(func=run)
-
 
 
 def run(args) -> int:
