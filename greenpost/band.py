@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .screen import pool_factor, push_pull_fill
+from .screen import pool_factor, push_pull_fill, radial_trend
 
 USE_OPENCV = True  # OpenCV fast paths for CPU float32 tensors (False: the torch paths used on other devices)
 
@@ -16,7 +16,8 @@ def _cpu32(x: torch.Tensor) -> bool:
     return USE_OPENCV and x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth: bool = False) -> torch.Tensor:
+def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth: bool = False,
+              trend: bool = False) -> torch.Tensor:
     """image [B,C,H,W], confidence [B,1,H,W] in [0,1] -> [B,C,ceil(H/f),ceil(W/f)] confident cell means, push-pull
     filled where a cell has none (the clean plate of the screen, the local foreground colour)."""
     if factor > 1:
@@ -24,7 +25,12 @@ def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth
         c = F.avg_pool2d(confidence, factor, ceil_mode=True)
     else:
         v, c = image * confidence, confidence
-    low = push_pull_fill(v / c.clamp_min(1e-12), c)
+    mean = v / c.clamp_min(1e-12)
+    if trend:  # fill the residual from a smooth trend (unseen plate under a large subject; see radial_trend)
+        base = radial_trend(mean, c)  # robust fit: cells bordering the subject may carry a trace of its edge
+        low = base + push_pull_fill(mean - base, c)
+    else:
+        low = push_pull_fill(mean, c)
     if smooth and min(low.shape[-2:]) >= 3:
         low = F.avg_pool2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     return low

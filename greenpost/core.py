@@ -47,6 +47,8 @@ class GreenPostOptions:
     gamma: float = 1.0  # alpha gamma (>1 thins semi-transparent areas)
     local_screen: bool = True  # spatially varying screen colour (clean plate) instead of one flat key colour
     screen_cells: int = 64  # resolution of the clean plate (cells on the long side)
+    screen_trend: bool = True  # fill the plate under the subject on a quadratic trend of the canvas (light
+    # falloff, gradients) instead of carrying the border values inward
     fg_model: bool = True  # local foreground colour model: projection alpha on the screen-foreground line
     fg_cells: int = 128  # resolution of the local foreground colour (cells on the long side)
     fg_model_reach: int = 16  # px from confidently opaque pixels within which the foreground model applies
@@ -187,13 +189,13 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
         return _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype)
 
 
-def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int):
+def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int, trend: bool = True):
     """img [B,3,H,W] -> (screen grid [B,3,h,w] (about ``cells`` on the long side), confident-canvas map
     [B,1,H/s,W/s] on the statistics grid, s). The clean plate is estimated on an s-times area-reduced image
     (each plate cell spans about 3 reduced pixels) in two passes: pixels whose colour difference is at least 0.7
     of the key's and whose colour is near the key give a rough plate; then only pixels within the canvas noise of
-    that plate (eroded) are averaged per cell and filled under the subject (push-pull), so semi-transparent edges
-    do not leak into it."""
+    that plate (eroded) are averaged per cell and filled under the subject (push-pull; with ``trend``, of the
+    residual from a quadratic fit of the canvas), so semi-transparent edges do not leak into it."""
     h, w = img.shape[-2:]
     s = max(1, pool_factor(h, w, cells) // 3)
     small = downsample(img, s)
@@ -213,7 +215,7 @@ def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cel
         spread.append(v.median() if v.numel() else r2.new_zeros(()))
     tol = (1.4826 * 4.0 * torch.stack(spread)).clamp(0.03, 0.3)[:, None, None, None]
     conf = morph((((r2 - 1).abs() < tol) & (conf > 0)).float(), margin, "min")
-    grid = cell_grid(small, conf, fs, smooth=True)
+    grid = cell_grid(small, conf, fs, smooth=True, trend=trend)
     grid = torch.where(has[:, None, None, None], grid, k.expand_as(grid))
     return grid, conf, s
 
@@ -282,7 +284,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
 
     # 1. screen colour: local clean plate on a coarse grid (statistics at reduced resolution), or the flat key
     if opts.local_screen:
-        screen_grid, canvas_s, s = _screen_lowres(img, key, high, opts.screen_cells)
+        screen_grid, canvas_s, s = _screen_lowres(img, key, high, opts.screen_cells, opts.screen_trend)
     else:
         screen_grid, canvas_s, s = key[:, :, None, None], None, 1
     d_k = upsample(key_difference(screen_grid, high).clamp_min(0.05), size).expand(b, 1, h, w)

@@ -37,3 +37,46 @@ def pool_factor(h: int, w: int, cells: int) -> int:
     """Downscale factor so that the long side has about ``cells`` cells."""
     return max(1, math.ceil(max(h, w) / cells))
 
+
+
+def radial_trend(values: torch.Tensor, weights: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """values: [B,C,h,w], weights: [B,1,h,w] in [0,1] -> [B,C,h,w] per channel the weighted least-squares fit of
+    ``c0 + c1 x + c2 y + c3 (x^2 + y^2)`` (isotropic coordinates about the image centre), clamped to the range of
+    the weighted values widened by half that range. Fitted robustly (cells more than 3 robust deviations off the fit are dropped).
+
+    Why: a lit screen has a linear gradient and a radial falloff (vignetting); under a large subject the plate is
+    unseen, and a plain fill carries the border values inward. The radial term is one shared curvature, so a canvas
+    seen only along one border still fixes it (from the border's own extent); the clamp keeps the extrapolation
+    near what the canvas shows."""
+    b, c, h, w = values.shape
+    half = max(h, w) / 2
+    ys = (torch.arange(h, device=values.device, dtype=values.dtype) + 0.5 - h / 2) / half
+    xs = (torch.arange(w, device=values.device, dtype=values.dtype) + 0.5 - w / 2) / half
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx + yy * yy]).reshape(4, -1)  # [4,N]
+    penalty = torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=values.dtype, device=values.device)  # the level is free
+    out = []
+    for i in range(b):
+        wt = weights[i, 0].reshape(-1)
+        v = values[i].reshape(c, -1)
+        if float(wt.sum()) < 8:  # too few canvas cells to fit four terms: flat
+            mean = (v * wt).sum(dim=1) / wt.sum().clamp_min(1e-12)
+            out.append(mean[:, None].expand(c, h * w).reshape(c, h, w))
+            continue
+        for _ in range(3):  # robust: cells far off the fit (a trace of the subject's edge) are dropped and refitted
+            a = (basis * wt) @ basis.T + ridge * float(wt.sum()) * torch.diag(penalty)
+            coef = torch.linalg.solve(a, (basis * wt) @ v.T)  # [4,C]
+            fit = coef.T @ basis  # [C,N]
+            dev = (v - fit).abs().amax(dim=0)
+            spread = 1.4826 * dev[wt > 0].median()
+            keep = (dev <= 3.0 * spread.clamp_min(1e-3)).to(wt.dtype)
+            if bool((keep[wt > 0] > 0).all()) or float((wt * keep).sum()) < 8:
+                break
+            wt = wt * keep
+        fit = fit.reshape(c, h, w)
+        seen = wt > 0
+        lo = v[:, seen].amin(dim=1)[:, None, None]
+        hi = v[:, seen].amax(dim=1)[:, None, None]
+        lo, hi = lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)  # a falloff may peak where the canvas is unseen
+        out.append(torch.maximum(torch.minimum(fit, hi), lo))
+    return torch.stack(out)
