@@ -53,6 +53,9 @@ class GreenPostOptions:
     fg_cells: int = 128  # resolution of the local foreground colour (cells on the long side)
     fg_model_reach: int = 16  # px from confidently opaque pixels within which the foreground model applies
     fg_model_tol: float = 0.05  # colour distance from the screen-foreground line at which the model is ignored
+    fg_model_tol_subsampled: float = 0.12  # ... in high-quality mode when the chroma looks subsampled (JPEG, video
+    # 4:2:0): each pixel's chroma is then a mix of its neighbours', which moves it off the line (value set on the
+    # development mattes' JPEG variant; on lossless images 0.12 loses fine detail, hence only here)
     fg_erode: int = 2  # erosion (px) of the opaque region that feeds the foreground colour model
     fg_local_min: bool = True  # and keep only pixels at the local minimum of the difference ratio
     fg_opaque: float = 0.25  # difference ratio below which (eroded) pixels count as opaque foreground
@@ -298,6 +301,15 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
     #    lies on the line between the screen and that colour, the exact projection onto that line instead.
     #    Confidently opaque: clearly off-key, and at the local minimum of r (ramps into the canvas are excluded).
     a = ratio_to_alpha(r, black, white, opts.gamma)
+    # JPEG / video chroma (high-quality mode): judged once per image on the colour-difference transition band
+    subsampled = [False] * b
+    if high_quality and opts.refine_radius > 0:
+        for i in range(b):
+            band = morph(((a[i : i + 1] > 0) & (a[i : i + 1] < 1)).to(torch.uint8), opts.refine_radius, "max")[0, 0] > 0
+            box_ = bbox(band, 2 * opts.refine_radius + 1)
+            if box_ is not None:
+                y0, y1, x0, x1 = box_
+                subsampled[i] = _chroma_subsampled(img[i : i + 1, :, y0:y1, x0:x1], band[y0:y1, x0:x1])
     # confidently opaque pixels (on an area-reduced image; they feed the local foreground colour of the model and
     # the unmixing prior) and the region within reach of them where the model may apply
     so = max(1, pool_factor(h, w, opts.fg_cells) // 3)
@@ -331,7 +343,8 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             t = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / kf2.clamp_min(1e-4)
             d = ki - t.clamp(0, 1) * kf
             resid = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt_()
-            trust = (1.0 - resid / opts.fg_model_tol).clamp(0, 1) * (kf2 > 0.01).float()
+            tol = opts.fg_model_tol_subsampled if subsampled[i] else opts.fg_model_tol
+            trust = (1.0 - resid / tol).clamp(0, 1) * (kf2 > 0.01).float()
             a_proj = ratio_to_alpha(1.0 - t, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
             old = a[i, 0].view(-1).index_select(0, idx)
             if opts.fg_scalar > 0:
@@ -365,7 +378,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
                 # a foreground whose luminance equals the screen's
                 fit_blur = opts.refine_fit_blur
                 if fit_blur < 0:
-                    fit_blur = 1 if high_quality and _chroma_subsampled(crop, band[y0:y1, x0:x1]) else 0
+                    fit_blur = 1 if subsampled[i] else 0
                 ref = colour_guided_filter(crop, src, rad, eps, opts.refine_subsample, fit_blur)
                 if high_quality:
                     # second, coarser scale (twice the window, coefficients on a grid twice as coarse): wider
