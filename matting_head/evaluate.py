@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .data import PURE_GREEN, Pair, composite, crop_to_multiple, green_canvas
-from .keyer import colour_difference_alpha
+from .keyer import prior_alpha
 
 
 @torch.no_grad()
@@ -28,18 +28,21 @@ def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_G
 
 @torch.no_grad()
 def head_alpha(head, item: dict) -> torch.Tensor:
-    ka = colour_difference_alpha(item["rgb"], item["key"])
+    ka = prior_alpha(item["rgb"], item["key"], head.config.get("prior", "colour_difference"))
     return head([t.float() for t in item["taps"]], item["rgb"], ka)["alpha"]
 
 
 def make_monitor(prepared: list[dict]):
     """-> monitor(head) -> {"heldout_mse", "heldout_key_mse", "ratio"} (mean over subjects)."""
-    key_mse = [torch.mean((colour_difference_alpha(it["rgb"], it["key"]) - it["alpha"]) ** 2).item()
-               for it in prepared]
+    key_mse: dict[str, list[float]] = {}  # per prior kind, computed once
 
     def monitor(head):
+        kind = head.config.get("prior", "colour_difference")
+        if kind not in key_mse:
+            key_mse[kind] = [torch.mean((prior_alpha(it["rgb"], it["key"], kind) - it["alpha"]) ** 2).item()
+                             for it in prepared]
         mses = [torch.mean((head_alpha(head, it) - it["alpha"]) ** 2).item() for it in prepared]
-        m, k = sum(mses) / len(mses), sum(key_mse) / len(key_mse)
+        m, k = sum(mses) / len(mses), sum(key_mse[kind]) / len(key_mse[kind])
         return {"heldout_mse": m, "heldout_key_mse": k, "ratio": m / k,
                 "per_subject": {it["name"]: round(x, 6) for it, x in zip(prepared, mses)}}
 

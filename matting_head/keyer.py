@@ -1,5 +1,6 @@
-"""A plain colour-difference keyer used as the head's prior input (fixed, so a trained head never depends on
-how another module's keyer evolves). The benchmark compares against GreenPost proper, not this."""
+"""The head's prior input: a plain colour-difference keyer (fixed, so a head trained on it never depends on how
+another module's keyer evolves) or GreenPost itself (``prior = "greenpost"``: the head starts from GreenPost's
+alpha and learns a correction; such a head is tied to GreenPost's behaviour, recorded in its metadata)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def key_from_pixels(pixels: torch.Tensor) -> torch.Tensor:
         sel = px[:, green > 0.15]
         keys.append((sel if sel.shape[1] >= 16 else px).median(dim=1).values)
     return torch.stack(keys)
+
+
+PRIORS = ("colour_difference", "greenpost")
+
+
+def prior_alpha(image: torch.Tensor, key: torch.Tensor, kind: str = "colour_difference") -> torch.Tensor:
+    """image [B,3,H,W] in [0,1], key [B,3] or [3] in [0,1] -> the head's prior alpha [B,1,H,W] in [0,1]."""
+    if kind == "colour_difference":
+        return colour_difference_alpha(image, key)
+    if kind == "greenpost":
+        from ..greenpost import green_post
+
+        key = key.to(image).reshape(-1, 3).float().expand(image.shape[0], 3)
+        with torch.no_grad():
+            return green_post(image.detach().float().clamp(0, 1), key_colour=key).alpha.to(image.dtype)
+    raise ValueError(f"prior: expected one of {', '.join(PRIORS)}, got {kind!r}")
 
 
 def colour_difference_alpha(image: torch.Tensor, key: torch.Tensor, black: float = 0.08,

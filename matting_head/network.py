@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .keyer import PRIORS
+
 DEFAULT_CONFIG = {
     "lateral": [64, 32, 24, 16],  # 1x1 projection width per tap (strides 8, 4, 2, 1)
     "width_8": 64,  # trunk width at 1/8
@@ -26,6 +28,7 @@ DEFAULT_CONFIG = {
     "width_2": 24,
     "width_1": 16,
     "predict_fg": True,
+    "prior": "colour_difference",  # the key alpha the head corrects: "colour_difference" or "greenpost" (keyer.py)
 }
 STRIDES = (8, 4, 2, 1)
 LOGIT_CLAMP = 6.0
@@ -54,6 +57,9 @@ class MattingHead(nn.Module):
         super().__init__()
         cfg = dict(DEFAULT_CONFIG)
         cfg.update(config or {})
+        if cfg["prior"] not in PRIORS:
+            raise ValueError(f"config prior: expected one of {', '.join(PRIORS)}, got {cfg['prior']!r} (a head file "
+                             "from a newer pack?)")
         if len(tap_channels) != 4 or len(cfg["lateral"]) != 4:
             raise ValueError(f"tap_channels: expected 4 taps (strides 8, 4, 2, 1), got {tap_channels}")
         self.tap_channels = [int(c) for c in tap_channels]

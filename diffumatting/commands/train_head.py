@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--prior", choices=("greenpost", "colour_difference"), default="greenpost",
+                   help="the key alpha the head learns to correct: GreenPost's alpha of the decoded image (default; "
+                   "the head then starts as good as GreenPost) or a plain colour-difference key (no GreenPost "
+                   "dependency)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -120,6 +124,7 @@ def run(args) -> int:
                           buffer=args.buffer, buffer_init=min(args.buffer, max(args.batch, 64)),
                           refresh=args.refresh, refresh_every=args.refresh_every, synthetic_fraction=1.0 if not pairs else args.synthetic_fraction,
                           ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
+                          head_config={"prior": args.prior},
                           notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
         monitor = make_monitor(prepare_eval(backend, held)) if held else None
         train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,

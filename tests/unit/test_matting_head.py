@@ -237,3 +237,28 @@ def test_inference_path_equals_training_path():
         b = head(list(taps), rgb, ka)
     assert torch.equal(a["alpha"].detach(), b["alpha"]) and torch.equal(a["fg"].detach(), b["fg"])
     assert taps[3] is not None  # the caller's own list is untouched
+
+
+def test_greenpost_prior_head_starts_as_greenpost_and_is_used_by_decode():
+    """A head configured with prior="greenpost" corrects GreenPost's alpha of the decoded image: untrained, it returns
+    that alpha (up to the logit clamp); decode_with_head feeds it the same prior with the given key."""
+    from diffumatting.greenpost import green_post
+    from diffumatting.matting_head.keyer import prior_alpha
+
+    ae = random_tiny_autoencoder(4, 8, seed=3)
+    spec = tap_spec(ae.decoder)
+    head = MattingHead([8] * 4, {**SMALL, "prior": "greenpost"}).eval()
+    z = torch.randn(1, 4, 8, 8)
+    key = torch.tensor([0.1, 0.8, 0.2])
+    with torch.no_grad():
+        out = decode_with_head(ae.decode, spec, head, z, key=key)
+        rgb = ae.decode(z)
+    gp = green_post(rgb, key_colour=key[None]).alpha
+    assert torch.allclose(prior_alpha(rgb, key, "greenpost"), gp)
+    from diffumatting.matting_head.network import LOGIT_CLAMP
+
+    expect = torch.sigmoid(torch.logit(gp.clamp(1e-3, 1 - 1e-3)).clamp(-LOGIT_CLAMP, LOGIT_CLAMP))
+    assert torch.allclose(out["alpha"], expect, atol=1e-4)
+    assert not torch.allclose(gp, colour_difference_alpha(rgb, key), atol=1e-3)  # a different prior indeed
+    with pytest.raises(ValueError, match="prior: expected one of"):
+        prior_alpha(rgb, key, "magic")

@@ -103,3 +103,24 @@ def test_metadata_problems(tmp_path):
     save_file(sd, nan, metadata=meta)
     with pytest.raises(ValueError, match="NaN"):
         load_head(nan)
+
+
+def test_prior_kind_round_trips_and_older_files_default_to_colour_difference(tmp_path):
+    ae = random_tiny_autoencoder(4, 8, seed=0)
+    info = {**tap_spec(ae.decoder).info(), "name": "random-taesd"}
+    head = MattingHead(info["tap_channels"], {**SMALL, "prior": "greenpost"})
+    save_head(tmp_path / "gp.safetensors", head, info, {"steps": 1})
+    loaded, meta = load_head(tmp_path / "gp.safetensors")
+    assert loaded.config["prior"] == "greenpost" and meta["config"]["prior"] == "greenpost"
+    # a file written before priors existed: its config has no "prior" key
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "gp.safetensors"), "pt") as f:
+        meta_raw, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta_raw["config"])
+    del cfg["prior"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**meta_raw, "config": json.dumps(cfg)})
+    old = load_head(tmp_path / "old.safetensors")[0]
+    assert old.config["prior"] == "colour_difference"
+    with pytest.raises(ValueError, match="config prior"):
+        MattingHead(info["tap_channels"], {**SMALL, "prior": "magic"})
