@@ -41,8 +41,12 @@ def prior_alpha(image: torch.Tensor, key: torch.Tensor, kind: str = "colour_diff
         from ..greenpost import green_post
 
         key = key.to(image).reshape(-1, 3).float().expand(image.shape[0], 3)
+        # despeckle at a fixed 8 px (GreenPost's default scales with the image): the same for a training crop, a
+        # tile and a whole image
+        speck = 8.0 / (image.shape[-2] * image.shape[-1])
         with torch.no_grad():
-            return green_post(image.detach().float().clamp(0, 1), key_colour=key).alpha.to(image.dtype)
+            return green_post(image.detach().float().clamp(0, 1), key_colour=key,
+                              despeckle_area=speck).alpha.to(image.dtype)
     raise ValueError(f"prior: expected one of {', '.join(PRIORS)}, got {kind!r}")
 
 
