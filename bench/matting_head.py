@@ -132,12 +132,21 @@ def timing(args, backend, head):
                 _run_case(backend, head, z, mode)
                 t[mode].append(time.perf_counter() - t0)
         plain, withhead = statistics.median(t["plain"]), statistics.median(t["head"])
-        mem_plain = measure_memory(args, "plain", size)
-        mem_head = measure_memory(args, "head", size)
+        # peak memory: one fresh process per measurement, interleaved, median (a single reading swings by
+        # +-30 % on a shared machine)
+        mem = {"plain": [], "head": []}
+        for _ in range(args.repeats):
+            for mode in ("plain", "head"):
+                m = measure_memory(args, mode, size)
+                if m is not None:
+                    mem[mode].append(m)
+        mem_plain = statistics.median(mem["plain"]) if mem["plain"] else None
+        mem_head = statistics.median(mem["head"]) if mem["head"] else None
         rows.append((size, plain, withhead, mem_plain, mem_head))
     print()
     print(f"Cost on {args.device_name}, torch threads {__import__('torch').get_num_threads()}, "
-          f"median of {args.repeats} interleaved runs; peak = resident-memory increase during the call")
+          f"median of {args.repeats} interleaved runs; peak = resident-memory increase during the call (median of "
+          f"{args.repeats} fresh processes)")
     print("| size | plain decode s | head path s | time ratio | plain peak MiB | head peak MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|")
     for size, p, h, mp, mh in rows:

@@ -32,6 +32,7 @@ DEFAULT_CONFIG = {
 }
 STRIDES = (8, 4, 2, 1)
 LOGIT_CLAMP = 6.0
+INFER_STRIP = 128  # rows per strip of the full-resolution stage at inference (bounds its activations' memory)
 
 
 class ResBlock(nn.Module):
@@ -93,6 +94,38 @@ class MattingHead(nn.Module):
         nn.init.zeros_(self.stage1[-1].weight)
         nn.init.zeros_(self.stage1[-1].bias)
 
+    def _full_res_strips(self, x2: torch.Tensor, f1: torch.Tensor, guide: torch.Tensor, size) -> torch.Tensor:
+        """x2 [B,L,h,w] (stride 2), f1 [B,L,H,W], guide [B,4,H,W] -> stage1 output [B,n,H,W], computed in strips of
+        INFER_STRIP rows with a 3-row halo (three 3x3 convolutions), equal to the whole-image computation: the
+        bilinear 2x upsample of a slab with one spare source row on each side matches the whole image's."""
+        H, W = size
+        h, w = x2.shape[-2:]
+        if H != 2 * h or W != 2 * w or H <= INFER_STRIP:  # not an exact 2x (or small): whole image at once
+            x = _up(x2, (H, W))
+            x += f1
+            x += self.guide1(guide)
+            x = F.relu_(x)
+            x = F.relu_(self.stage1[0](x))
+            x = F.relu_(self.stage1[2](x))
+            return self.stage1[4](x)
+        halo = 3
+        out = None
+        for y0 in range(0, H, INFER_STRIP):
+            y1 = min(H, y0 + INFER_STRIP)
+            a0, a1 = max(0, y0 - halo), min(H, y1 + halo)
+            s0, s1 = max(0, a0 // 2 - 1), min(h, (a1 + 1) // 2 + 1)
+            up = _up(x2[..., s0:s1, :], (2 * (s1 - s0), W))[..., a0 - 2 * s0 : a1 - 2 * s0, :]
+            x = up + f1[..., a0:a1, :]
+            x += self.guide1(guide[..., a0:a1, :])
+            x = F.relu_(x)
+            x = F.relu_(self.stage1[0](x))
+            x = F.relu_(self.stage1[2](x))
+            x = self.stage1[4](x)
+            if out is None:
+                out = x.new_empty(x.shape[0], x.shape[1], H, W)
+            out[..., y0:y1, :] = x[..., y0 - a0 : y0 - a0 + (y1 - y0), :]
+        return out
+
     @property
     def predicts_fg(self) -> bool:
         return bool(self.config["predict_fg"])
@@ -129,17 +162,9 @@ class MattingHead(nn.Module):
         if torch.is_grad_enabled():
             x = F.relu(_up(self.to1(x), (H, W)) + f[3] + self.guide1(guide))
             out = self.stage1(x)
-        else:  # inference: in-place, freeing each full-resolution tensor as soon as it is used (peak memory)
-            x = _up(self.to1(x), (H, W))
-            x += f[3]
+        else:  # inference: the full-resolution stage in horizontal strips (peak memory: no full-size activations)
+            out = self._full_res_strips(self.to1(x), f[3], guide, (H, W))
             f[3] = None
-            x += self.guide1(guide)
-            del guide
-            x = F.relu_(x)
-            x = F.relu_(self.stage1[0](x))
-            x = F.relu_(self.stage1[2](x))
-            out = self.stage1[4](x)
-            del x
         prior = torch.logit(key_alpha.clamp(1e-3, 1 - 1e-3)).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
         logits = prior + out[:, :1]
         result = {"alpha": torch.sigmoid(logits), "logits": logits}

@@ -262,3 +262,22 @@ def test_greenpost_prior_head_starts_as_greenpost_and_is_used_by_decode():
     assert not torch.allclose(gp, colour_difference_alpha(rgb, key), atol=1e-3)  # a different prior indeed
     with pytest.raises(ValueError, match="prior: expected one of"):
         prior_alpha(rgb, key, "magic")
+
+
+def test_strip_wise_full_resolution_stage_equals_whole_image(monkeypatch):
+    """Inference computes the full-resolution stage in row strips (memory); the result equals the whole-image
+    computation, also where a strip boundary falls on an odd row and for sizes that are not an exact 2x."""
+    from diffumatting.matting_head import network
+
+    head = _trained_like_head(5)
+    for h, w in ((64, 40), (72, 48)):
+        taps = [torch.randn(1, 8, h // s, w // s) for s in (8, 4, 2, 1)]
+        rgb, ka = torch.rand(1, 3, h, w), torch.rand(1, 1, h, w)
+        with torch.no_grad():
+            monkeypatch.setattr(network, "INFER_STRIP", 4096)
+            whole = head(list(taps), rgb, ka)
+            for strip in (8, 13):
+                monkeypatch.setattr(network, "INFER_STRIP", strip)
+                part = head(list(taps), rgb, ka)
+                assert torch.allclose(part["alpha"], whole["alpha"], atol=1e-6), (h, w, strip)
+                assert torch.allclose(part["fg"], whole["fg"], atol=1e-6)
