@@ -47,8 +47,8 @@ class GreenPostOptions:
     gamma: float = 1.0  # alpha gamma (>1 thins semi-transparent areas)
     local_screen: bool = True  # spatially varying screen colour (clean plate) instead of one flat key colour
     screen_cells: int = 64  # resolution of the clean plate (cells on the long side)
-    screen_trend: bool = True  # fill the plate under the subject on a quadratic trend of the canvas (light
-    # falloff, gradients) instead of carrying the border values inward
+    screen_trend: bool = True  # fill the plate under the subject on a robust gradient + radial-falloff trend of
+    # the canvas (screen.radial_trend) instead of carrying the border values inward
     fg_model: bool = True  # local foreground colour model: projection alpha on the screen-foreground line
     fg_cells: int = 128  # resolution of the local foreground colour (cells on the long side)
     fg_model_reach: int = 16  # px from confidently opaque pixels within which the foreground model applies
@@ -198,7 +198,7 @@ def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cel
     (each plate cell spans about 3 reduced pixels) in two passes: pixels whose colour difference is at least 0.7
     of the key's and whose colour is near the key give a rough plate; then only pixels within the canvas noise of
     that plate (eroded) are averaged per cell and filled under the subject (push-pull; with ``trend``, of the
-    residual from a quadratic fit of the canvas), so semi-transparent edges do not leak into it."""
+    residual from a gradient + radial-falloff fit of the canvas), so semi-transparent edges do not leak into it."""
     h, w = img.shape[-2:]
     s = max(1, pool_factor(h, w, cells) // 3)
     small = downsample(img, s)
@@ -305,7 +305,8 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
     subsampled = [False] * b
     if high_quality and opts.refine_radius > 0:
         for i in range(b):
-            band = morph(((a[i : i + 1] > 0) & (a[i : i + 1] < 1)).to(torch.uint8), opts.refine_radius, "max")[0, 0] > 0
+            ai = a[i : i + 1]
+            band = morph(((ai > 0) & (ai < 1)).to(torch.uint8), opts.refine_radius, "max")[0, 0] > 0
             box_ = bbox(band, 2 * opts.refine_radius + 1)
             if box_ is not None:
                 y0, y1, x0, x1 = box_

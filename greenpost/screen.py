@@ -42,7 +42,8 @@ def pool_factor(h: int, w: int, cells: int) -> int:
 def radial_trend(values: torch.Tensor, weights: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """values: [B,C,h,w], weights: [B,1,h,w] in [0,1] -> [B,C,h,w] per channel the weighted least-squares fit of
     ``c0 + c1 x + c2 y + c3 (x^2 + y^2)`` (isotropic coordinates about the image centre), clamped to the range of
-    the weighted values widened by half that range. Fitted robustly (cells more than 3 robust deviations off the fit are dropped).
+    the weighted values widened by half that range. Fitted robustly (cells more than 3 robust deviations off the
+    fit are dropped).
 
     Why: a lit screen has a linear gradient and a radial falloff (vignetting); under a large subject the plate is
     unseen, and a plain fill carries the border values inward. The radial term is one shared curvature, so a canvas
