@@ -243,6 +243,13 @@ def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 320
     return float(chroma_detail_ratio(crop, band[None, None])[0]) < CHROMA_SUBSAMPLED
 
 
+def _transition_band(a: torch.Tensor, radius: int):
+    """a [1,1,H,W] alpha -> (band [H,W] bool: 0 < alpha < 1 dilated by ``radius``, its bounding box (y0, y1, x0, x1)
+    padded by a refinement window, or None when there is no transition)."""
+    band = morph(((a > 0) & (a < 1)).to(torch.uint8), radius, "max")[0, 0] > 0
+    return band, bbox(band, 2 * radius + 1)
+
+
 def _scalar_model(a: torch.Tensor, r: torch.Tensor, ki: torch.Tensor, kf: torch.Tensor, kk: torch.Tensor,
                   kf2: torch.Tensor, trust: torch.Tensor, high: torch.Tensor, black, white,
                   opts: GreenPostOptions) -> torch.Tensor:
@@ -305,9 +312,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
     subsampled = [False] * b
     if high_quality and opts.refine_radius > 0:
         for i in range(b):
-            ai = a[i : i + 1]
-            band = morph(((ai > 0) & (ai < 1)).to(torch.uint8), opts.refine_radius, "max")[0, 0] > 0
-            box_ = bbox(band, 2 * opts.refine_radius + 1)
+            band, box_ = _transition_band(a[i : i + 1], opts.refine_radius)
             if box_ is not None:
                 y0, y1, x0, x1 = box_
                 subsampled[i] = _chroma_subsampled(img[i : i + 1, :, y0:y1, x0:x1], band[y0:y1, x0:x1])
@@ -364,8 +369,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             if float(wgt[i]) <= 0:
                 continue
             ai = a[i : i + 1]
-            band = morph(((ai > 0) & (ai < 1)).to(torch.uint8), rad, "max")[0, 0] > 0
-            box_ = bbox(band, 2 * rad + 1)
+            band, box_ = _transition_band(ai, rad)
             if box_ is None:
                 continue
             y0, y1, x0, x1 = box_

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from .keyer import estimate_key, key_from_pixels, prior_alpha
+from .keyer import estimate_key, key_from_pixels
 from .taps import TapRecorder, TapSpec
 
 BORDER_STRIP = 4  # latent px decoded along each image side to estimate the key colour in tiled mode
@@ -22,7 +22,7 @@ def _head_pass(decode_fn, spec: TapSpec, head, latent, key):
     rgb = rgb.to(head.stem8.weight)
     if key is None:
         key = estimate_key(rgb)
-    ka = prior_alpha(rgb, key, head.config.get("prior", "colour_difference"))
+    ka = head.prior(rgb, key)
     out = head(rec.take(), rgb, ka, projected=True)  # taps passed inline: the head may free them as it goes
     res = {"image": rgb, "alpha": out["alpha"]}
     res["fg"] = out.get("fg", rgb)

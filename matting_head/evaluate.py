@@ -28,7 +28,7 @@ def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_G
 
 @torch.no_grad()
 def head_alpha(head, item: dict) -> torch.Tensor:
-    ka = prior_alpha(item["rgb"], item["key"], head.config.get("prior", "colour_difference"))
+    ka = head.prior(item["rgb"], item["key"])
     return head([t.float() for t in item["taps"]], item["rgb"], ka)["alpha"]
 
 
@@ -37,7 +37,7 @@ def make_monitor(prepared: list[dict]):
     key_mse: dict[str, list[float]] = {}  # per prior kind, computed once
 
     def monitor(head):
-        kind = head.config.get("prior", "colour_difference")
+        kind = head.config["prior"]
         if kind not in key_mse:
             key_mse[kind] = [torch.mean((prior_alpha(it["rgb"], it["key"], kind) - it["alpha"]) ** 2).item()
                              for it in prepared]

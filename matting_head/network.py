@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .keyer import PRIORS
+from .keyer import PRIORS, prior_alpha
 
 DEFAULT_CONFIG = {
     "lateral": [64, 32, 24, 16],  # 1x1 projection width per tap (strides 8, 4, 2, 1)
@@ -101,13 +101,7 @@ class MattingHead(nn.Module):
         H, W = size
         h, w = x2.shape[-2:]
         if H != 2 * h or W != 2 * w or H <= INFER_STRIP:  # not an exact 2x (or small): whole image at once
-            x = _up(x2, (H, W))
-            x += f1
-            x += self.guide1(guide)
-            x = F.relu_(x)
-            x = F.relu_(self.stage1[0](x))
-            x = F.relu_(self.stage1[2](x))
-            return self.stage1[4](x)
+            return self._stage1(_up(x2, (H, W)), f1, guide)
         halo = 3
         out = None
         for y0 in range(0, H, INFER_STRIP):
@@ -115,16 +109,25 @@ class MattingHead(nn.Module):
             a0, a1 = max(0, y0 - halo), min(H, y1 + halo)
             s0, s1 = max(0, a0 // 2 - 1), min(h, (a1 + 1) // 2 + 1)
             up = _up(x2[..., s0:s1, :], (2 * (s1 - s0), W))[..., a0 - 2 * s0 : a1 - 2 * s0, :]
-            x = up + f1[..., a0:a1, :]
-            x += self.guide1(guide[..., a0:a1, :])
-            x = F.relu_(x)
-            x = F.relu_(self.stage1[0](x))
-            x = F.relu_(self.stage1[2](x))
-            x = self.stage1[4](x)
+            x = self._stage1(up, f1[..., a0:a1, :], guide[..., a0:a1, :])
             if out is None:
                 out = x.new_empty(x.shape[0], x.shape[1], H, W)
             out[..., y0:y1, :] = x[..., y0 - a0 : y0 - a0 + (y1 - y0), :]
         return out
+
+    def _stage1(self, up: torch.Tensor, f1: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """Full-resolution stage (inference, in place on ``up``): up, f1 [B,L,h,w], guide [B,4,h,w] -> [B,n,h,w]."""
+        up += f1
+        up += self.guide1(guide)
+        x = F.relu_(up)
+        x = F.relu_(self.stage1[0](x))
+        x = F.relu_(self.stage1[2](x))
+        return self.stage1[4](x)
+
+    def prior(self, rgb: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """rgb [B,3,H,W] in [0,1], key [B,3] or [3] -> the prior alpha [B,1,H,W] this head corrects (its config's
+        ``prior``)."""
+        return prior_alpha(rgb, key, self.config["prior"])
 
     @property
     def predicts_fg(self) -> bool:

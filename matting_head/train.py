@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from ..common.files import atomic_path
 from .data import Pair, composite, green_canvas, jitter_colour, random_crop, random_key
-from .keyer import prior_alpha
 from .network import MattingHead
 from .taps import TapRecorder, tap_spec
 from .weights import save_head
@@ -283,7 +282,7 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
                 buffer[int(torch.randint(len(buffer), (1,), generator=g))] = s
         idx = torch.randperm(len(buffer), generator=g)[: cfg.batch].tolist()
         taps, rgb, alpha, fg, canvas, keys = batch_from_buffer(buffer, idx)
-        ka = prior_alpha(rgb, keys, head.config["prior"])
+        ka = head.prior(rgb, keys)
         image = composite(fg, alpha, canvas)
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, cfg)
