@@ -1,5 +1,6 @@
 """Simple procedural (fg, alpha) pairs for head training volume: soft blobs with fuzzy edges, thin strands,
-meshes with holes, semi-transparent layers. Used when (or alongside) the project's ``synthetic`` module."""
+meshes with holes, semi-transparent layers, and dense fine structure (feathers, dandelion-like tufts, fur) where
+most of the object is sub-pixel detail that a small latent decoder cannot reproduce exactly. Used when (or alongside) the project's ``synthetic`` module."""
 
 from __future__ import annotations
 
@@ -85,17 +86,68 @@ def _mesh(g, h, w):
     return m * _blob(g, h, w).gt(0.5).float()
 
 
+def _feathers(g, h, w):
+    """[h,w] dense fine structure: shafts radiating from a centre (a fan, or all round like a dandelion), each with
+    barbs branching off at an angle. Drawn with anti-aliased lines at 2x and area-downsampled, so widths are
+    sub-pixel; overlapping layers combine as stacked transparencies, 1 - prod(1 - a_i)."""
+    import cv2
+    import numpy as np
+
+    rnd = lambda lo, hi: lo + (hi - lo) * torch.rand(1, generator=g).item()  # noqa: E731
+    ss = 2  # supersampling
+    H, W = h * ss, w * ss
+    size = max(h, w)
+    cx, cy = rnd(-0.2, 1.2) * W, rnd(0.3, 1.3) * H
+    spread = rnd(0.5, 2 * math.pi)
+    base_ang = rnd(0, 2 * math.pi)
+    n = int(rnd(12, 70))
+    length = rnd(0.4, 1.3) * size * ss
+    barb_len = rnd(0.01, 0.06) * size * ss
+    barb_step = rnd(1.5, 5) * ss
+    barb_ang = rnd(0.3, 1.0)
+    shaft_w = max(1, round(rnd(0.6, 2.5) * ss))
+    clear = np.ones((H, W), np.float32)  # transparency left after all layers
+    for _ in range(n):
+        ang = base_ang + (torch.rand(1, generator=g).item() - 0.5) * spread
+        ln = length * rnd(0.6, 1.0)
+        start = ln * rnd(0.0, 0.25)
+        op = rnd(0.4, 1.0)
+        layer = np.zeros((H, W), np.uint8)
+        ca, sa = math.cos(ang), math.sin(ang)
+        p0 = (cx + start * ca, cy - start * sa)
+        p1 = (cx + ln * ca, cy - ln * sa)
+        fix = lambda p: (int(round(p[0] * 16)), int(round(p[1] * 16)))  # noqa: E731  (4 fractional bits)
+        cv2.line(layer, fix(p0), fix(p1), 255, shaft_w, cv2.LINE_AA, 4)
+        t = start
+        while t < ln:
+            q = (cx + t * ca, cy - t * sa)
+            frac = 1 - (t - start) / max(ln - start, 1)
+            bl = barb_len * (0.4 + 0.6 * frac) * rnd(0.7, 1.3)
+            for side in (-1, 1):
+                b = ang + side * barb_ang
+                cv2.line(layer, fix(q), fix((q[0] + bl * math.cos(b), q[1] - bl * math.sin(b))),
+                         int(255 * rnd(0.3, 1.0)), 1, cv2.LINE_AA, 4)
+            t += barb_step * rnd(0.7, 1.3)
+        clear *= 1 - op * layer.astype(np.float32) / 255
+    a = cv2.resize(1 - clear, (w, h), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(a).clamp(0, 1)
+
+
 def procedural_matte(size: int | tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(size, seed) -> (fg [3,H,W] in [0,1], alpha [1,H,W] in [0,1]); deterministic for a seed."""
     h, w = (size, size) if isinstance(size, int) else size
     g = torch.Generator().manual_seed(int(seed))
     kind = torch.rand(1, generator=g).item()
-    if kind < 0.4:
+    if kind < 0.3:
         a = _blob(g, h, w)
-    elif kind < 0.6:
+    elif kind < 0.45:
         a = torch.maximum(_blob(g, h, w) * (torch.rand(1, generator=g).item() < 0.5), _strands(g, h, w))
-    elif kind < 0.8:
+    elif kind < 0.6:
         a = _mesh(g, h, w)
+    elif kind < 0.85:  # dense fine structure, sometimes over an opaque core
+        a = _feathers(g, h, w)
+        if torch.rand(1, generator=g).item() < 0.3:
+            a = torch.maximum(a, _blob(g, h, w))
     else:
         a = _blob(g, h, w)
         holes = _smooth_noise(g, 1, h, w, int(torch.randint(6, 16, (1,), generator=g)))[0]

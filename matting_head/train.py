@@ -41,6 +41,8 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # stop (with a checkpoint and a final file) after this long; 0 = no limit
     head_config: dict = field(default_factory=dict)
+    init: str = ""  # start from this head file's weights (fine-tuning; its config replaces head_config)
+    loss_weights: dict = field(default_factory=dict)  # overrides of LOSS_WEIGHTS
     notes: dict = field(default_factory=dict)  # extra training description for the metadata
 
 
@@ -151,21 +153,26 @@ def _grad(x):
     return x[..., 1:, :-1] - x[..., :-1, :-1], x[..., :-1, 1:] - x[..., :-1, :-1]
 
 
-def head_loss(out: dict, alpha, fg, canvas, image) -> tuple[torch.Tensor, dict]:
-    """Method.md's head loss: L1 + Laplacian-pyramid L1 + 0.5 Sobel-gradient L1 (band x3) + composition (+ fg L1)."""
+LOSS_WEIGHTS = {"l1": 1.0, "l2": 4.0, "lap": 1.0, "grad": 0.5, "comp": 1.0, "fg": 0.5}
+
+
+def head_loss(out: dict, alpha, fg, canvas, image, weights: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """Method.md's head loss: L1 + Laplacian-pyramid L1 + 0.5 Sobel-gradient L1 (band x3) + composition (+ fg L1),
+    plus an MSE term; ``weights`` overrides LOSS_WEIGHTS (keys l1, l2, lap, grad, comp, fg)."""
+    wt = {**LOSS_WEIGHTS, **(weights or {})}
     pred = out["alpha"]
     w = 1 + 2 * _band(alpha, max(2, alpha.shape[-1] // 50))
     l1 = (w * (pred - alpha).abs()).mean()
-    l2 = (w * (pred - alpha) ** 2).mean() * 4
+    l2 = (w * (pred - alpha) ** 2).mean()
     lap = _laplacian_l1(pred, alpha, 5, w)
     (py, px), (gy, gx) = _grad(pred), _grad(alpha)
     grad = (w[..., :-1, :-1] * ((py - gy).abs() + (px - gx).abs())).mean()
     comp = (pred * fg + (1 - pred) * canvas - image).abs().mean()
-    total = l1 + l2 + lap + 0.5 * grad + comp
+    total = wt["l1"] * l1 + wt["l2"] * l2 + wt["lap"] * lap + wt["grad"] * grad + wt["comp"] * comp
     parts = {"l1": l1.item(), "l2": l2.item(), "lap": lap.item(), "grad": grad.item(), "comp": comp.item()}
     if "fg" in out:
         fgl = (alpha * (out["fg"] - fg).abs()).sum() / alpha.sum().clamp_min(1) / 3
-        total = total + 0.5 * fgl
+        total = total + wt["fg"] * fgl
         parts["fg"] = fgl.item()
     return total, parts
 
@@ -247,10 +254,24 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
     ``monitor(head) -> dict`` (optional) is called at every checkpoint; its numbers go into the log."""
     if cfg.batch > cfg.buffer or cfg.buffer_init > cfg.buffer:
         raise ValueError("batch and buffer_init must not exceed buffer")
+    unknown = sorted(set(cfg.loss_weights) - set(LOSS_WEIGHTS))
+    if unknown:
+        raise ValueError(f"loss weights: unknown term(s) {unknown}; expected some of {sorted(LOSS_WEIGHTS)}")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     info = backend.info()
-    head = MattingHead(info["tap_channels"], cfg.head_config).to(memory_format=torch.channels_last)
+    init_training = None
+    if cfg.init:
+        from .weights import check_compatible, load_head
+
+        start, start_info = load_head(cfg.init)
+        check_compatible(start_info, info)
+        head = MattingHead(info["tap_channels"], start.config)
+        head.load_state_dict(start.float().state_dict())
+        init_training = {"file": os.path.basename(cfg.init), **(start_info.get("training") or {})}
+    else:
+        head = MattingHead(info["tap_channels"], cfg.head_config)
+    head = head.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     ckpt = _ckpt_path(cfg)
     step, elapsed, log = 0, 0.0, []
@@ -287,7 +308,7 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, cfg)
         out = head(taps, rgb, ka)
-        loss, parts = head_loss(out, alpha, fg, canvas, image)
+        loss, parts = head_loss(out, alpha, fg, canvas, image, cfg.loss_weights)
         if not torch.isfinite(loss):
             raise RuntimeError(f"train-head: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -321,6 +342,10 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
                 "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
                 "synthetic_sources": [f.__module__ + "." + f.__name__ for f in maker.synth],
                 "noise_max": cfg.noise_max, **cfg.notes}
+    if cfg.loss_weights:
+        training["loss_weights"] = {**LOSS_WEIGHTS, **cfg.loss_weights}
+    if init_training is not None:
+        training["init"] = init_training
     save_head(cfg.out, head, info, training, dtype=torch.float16)
     log_fn(f"wrote {cfg.out} ({stop_reason}, step {step})")
     return cfg.out

@@ -38,6 +38,11 @@ def register(subparsers) -> None:
                    help="the key alpha the head learns to correct: GreenPost's alpha of the decoded image (default; "
                    "the head then starts as good as GreenPost) or a plain colour-difference key (no GreenPost "
                    "dependency)")
+    p.add_argument("--init", default="", metavar="HEAD",
+                   help="start from this head file (fine-tune it, e.g. on your own mattes); its architecture and "
+                   "prior are kept, --prior is ignored")
+    p.add_argument("--loss-weights", default="", metavar="TERM=W,...",
+                   help="override loss weights, e.g. l2=16,grad=0 (terms: l1, l2 (MSE), lap, grad, comp, fg)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -86,6 +91,27 @@ def _comfy_backend(path: str):
     return ComfyBackend()
 
 
+def _loss_weights(text: str) -> dict:
+    """"l2=16,grad=0" -> {"l2": 16.0, "grad": 0.0}; a clear CLIError for anything else."""
+    from ..matting_head.train import LOSS_WEIGHTS
+
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in LOSS_WEIGHTS:
+            raise CLIError(f"--loss-weights: expected TERM=WEIGHT with TERM one of {', '.join(LOSS_WEIGHTS)}, "
+                           f"got {item!r}")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if not w >= 0 or w == float("inf"):
+            raise CLIError(f"--loss-weights: {name} needs a finite weight >= 0, got {value.strip()!r}")
+        out[name] = w
+    return out
+
+
 def run(args) -> int:
     import torch
 
@@ -100,6 +126,9 @@ def run(args) -> int:
         raise CLIError("--out: expected a .safetensors file name")
     if args.crop % 8 or args.crop < 64:
         raise CLIError("--crop: expected a multiple of 8, at least 64")
+    loss_weights = _loss_weights(args.loss_weights)
+    if args.init and not os.path.isfile(args.init):
+        raise CLIError(f"--init: {args.init} does not exist")
     try:
         if args.taesd:
             ae = load_tiny_autoencoder(args.taesd)
@@ -124,7 +153,7 @@ def run(args) -> int:
                           buffer=args.buffer, buffer_init=min(args.buffer, max(args.batch, 64)),
                           refresh=args.refresh, refresh_every=args.refresh_every, synthetic_fraction=1.0 if not pairs else args.synthetic_fraction,
                           ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
-                          head_config={"prior": args.prior},
+                          head_config={"prior": args.prior}, init=args.init, loss_weights=loss_weights,
                           notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
         monitor = make_monitor(prepare_eval(backend, held)) if held else None
         train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,

@@ -98,3 +98,85 @@ def test_data_helpers(tmp_path):
 
     with pytest.raises(ValueError, match="no \\(fg or image, alpha\\) pairs"):
         load_pairs(d)
+
+
+def test_procedural_mattes_are_deterministic_in_range_and_include_fine_structure():
+    from diffumatting.matting_head.procedural import _feathers
+
+    fg, a = procedural_matte((40, 56), 11)
+    fg2, a2 = procedural_matte((40, 56), 11)
+    assert fg.shape == (3, 40, 56) and a.shape == (1, 40, 56)
+    assert torch.equal(fg, fg2) and torch.equal(a, a2)
+    assert 0 <= float(fg.min()) and float(fg.max()) <= 1 and 0 <= float(a.min()) and float(a.max()) <= 1
+    # feathers: sub-pixel shafts and barbs -> mostly partial coverage where there is any coverage at all
+    fractions = []
+    for seed in range(6):
+        f = _feathers(torch.Generator().manual_seed(seed), 96, 96)
+        assert f.shape == (96, 96) and 0 <= float(f.min()) and float(f.max()) <= 1
+        covered = f > 0.02
+        assert covered.float().mean() > 0.02, "a feather matte should cover part of the crop"
+        fractions.append(float(((f > 0.02) & (f < 0.98)).sum() / covered.sum()))
+    assert sum(fractions) / len(fractions) > 0.5
+    # the mix draws every kind: over many seeds some mattes are mostly partial coverage (feathers)
+    partial = [float(((m > 0.02) & (m < 0.98)).float().mean() / (m > 0.02).float().mean().clamp_min(1e-6))
+               for m in (procedural_matte(64, s)[1] for s in range(24))]
+    assert max(partial) > 0.6 and min(partial) < 0.3
+
+
+def test_loss_weights_select_terms_and_unknown_terms_are_an_error(tmp_path):
+    import pytest
+
+    a = procedural_matte(32, 1)[1][None]
+    fg = torch.rand(1, 3, 32, 32)
+    canvas = green_canvas(32, 32, (0, 1, 0), False)[None]
+    image = a * fg + (1 - a) * canvas
+    pred = {"alpha": (a + 0.1).clamp(0, 1), "fg": fg}
+    only_mse = {k: 0.0 for k in ("l1", "lap", "grad", "comp", "fg")}
+    loss, parts = head_loss(pred, a, fg, canvas, image, {**only_mse, "l2": 2.0})
+    assert loss.item() == pytest.approx(2 * parts["l2"], rel=1e-6) and parts["l2"] > 0
+    default, _ = head_loss(pred, a, fg, canvas, image)
+    assert default.item() > loss.item()
+    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
+    with pytest.raises(ValueError, match="unknown term"):
+        train_head(backend, _pairs(), _cfg(tmp_path, 1, loss_weights={"sharpness": 1.0}), progress=False,
+                   log_fn=lambda *_: None)
+
+
+def test_init_starts_from_a_head_file_and_checks_the_decoder(tmp_path):
+    import pytest
+
+    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
+    first = train_head(backend, _pairs(), _cfg(tmp_path / "a", 3), progress=False, log_fn=lambda *_: None)
+    start, _ = load_head(first)
+    # zero steps from --init: the written head is the start head
+    out = train_head(backend, _pairs(), _cfg(tmp_path / "b", 0, init=first), progress=False, log_fn=lambda *_: None)
+    same, meta = load_head(out)
+    for k, v in start.state_dict().items():
+        assert torch.equal(v, same.state_dict()[k]), k
+    assert meta["training"]["init"]["file"] == "head.safetensors" and meta["training"]["init"]["steps"] == 3
+    # two steps of fine-tuning change it, with the start head's architecture
+    out = train_head(backend, _pairs(), _cfg(tmp_path / "c", 2, init=first), progress=False, log_fn=lambda *_: None)
+    tuned, meta = load_head(out)
+    assert tuned.config == start.config
+    assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    other = TaesdBackend(random_tiny_autoencoder(4, 8, seed=2), "other-taesd")  # same layout, other weights
+    with pytest.raises(ValueError, match="different decoder weights"):
+        train_head(other, _pairs(), _cfg(tmp_path / "d", 1, init=first), progress=False, log_fn=lambda *_: None)
+
+
+def test_train_head_cli_rejects_bad_loss_weights_and_missing_init(tmp_path, capsys):
+    import pytest
+
+    from diffumatting.cli import CLIError
+    from diffumatting.commands.train_head import _loss_weights
+
+    assert _loss_weights("l2=16, grad=0") == {"l2": 16.0, "grad": 0.0} and _loss_weights("") == {}
+    for bad in ("l2", "sharp=1", "l2=-1", "l2=x", "l2=nan"):
+        with pytest.raises(CLIError, match="--loss-weights"):
+            _loss_weights(bad)
+    from diffumatting.cli import main
+
+    rc = main(["train-head", "--taesd", str(tmp_path), "--out", str(tmp_path / "h.safetensors"),
+               "--init", str(tmp_path / "nope.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--init" in err and "does not exist" in err
