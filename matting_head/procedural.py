@@ -1,6 +1,7 @@
 """Simple procedural (fg, alpha) pairs for head training volume: soft blobs with fuzzy edges, thin strands,
 meshes with holes, semi-transparent layers, and dense fine structure (feathers, dandelion-like tufts, fur) where
-most of the object is sub-pixel detail that a small latent decoder cannot reproduce exactly. Used when (or alongside) the project's ``synthetic`` module."""
+most of the object is sub-pixel detail that a small latent decoder cannot reproduce exactly. Used when (or
+alongside) the project's ``synthetic`` module."""
 
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ def _feathers(g, h, w):
     import numpy as np
 
     rnd = lambda lo, hi: lo + (hi - lo) * torch.rand(1, generator=g).item()  # noqa: E731
+    fix = lambda p: (int(round(p[0] * 16)), int(round(p[1] * 16)))  # noqa: E731  (cv2 shift=4: 4 fractional bits)
     ss = 2  # supersampling
     H, W = h * ss, w * ss
     size = max(h, w)
@@ -116,7 +118,6 @@ def _feathers(g, h, w):
         ca, sa = math.cos(ang), math.sin(ang)
         p0 = (cx + start * ca, cy - start * sa)
         p1 = (cx + ln * ca, cy - ln * sa)
-        fix = lambda p: (int(round(p[0] * 16)), int(round(p[1] * 16)))  # noqa: E731  (4 fractional bits)
         cv2.line(layer, fix(p0), fix(p1), 255, shaft_w, cv2.LINE_AA, 4)
         t = start
         while t < ln:

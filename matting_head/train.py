@@ -156,6 +156,19 @@ def _grad(x):
 LOSS_WEIGHTS = {"l1": 1.0, "l2": 4.0, "lap": 1.0, "grad": 0.5, "comp": 1.0, "fg": 0.5}
 
 
+def check_loss_weights(weights: dict) -> dict:
+    """{term: weight} overrides of LOSS_WEIGHTS -> the same as floats; ValueError for an unknown term or a weight that
+    is not finite and >= 0."""
+    unknown = sorted(set(weights) - set(LOSS_WEIGHTS))
+    if unknown:
+        raise ValueError(f"loss weights: unknown term(s) {unknown}; expected some of {sorted(LOSS_WEIGHTS)}")
+    out = {k: float(v) for k, v in weights.items()}
+    bad = {k: v for k, v in out.items() if not 0 <= v < math.inf}
+    if bad:
+        raise ValueError(f"loss weights: expected finite weights >= 0, got {bad}")
+    return out
+
+
 def head_loss(out: dict, alpha, fg, canvas, image, weights: dict | None = None) -> tuple[torch.Tensor, dict]:
     """Method.md's head loss: L1 + Laplacian-pyramid L1 + 0.5 Sobel-gradient L1 (band x3) + composition (+ fg L1),
     plus an MSE term; ``weights`` overrides LOSS_WEIGHTS (keys l1, l2, lap, grad, comp, fg)."""
@@ -254,9 +267,7 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
     ``monitor(head) -> dict`` (optional) is called at every checkpoint; its numbers go into the log."""
     if cfg.batch > cfg.buffer or cfg.buffer_init > cfg.buffer:
         raise ValueError("batch and buffer_init must not exceed buffer")
-    unknown = sorted(set(cfg.loss_weights) - set(LOSS_WEIGHTS))
-    if unknown:
-        raise ValueError(f"loss weights: unknown term(s) {unknown}; expected some of {sorted(LOSS_WEIGHTS)}")
+    check_loss_weights(cfg.loss_weights)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     info = backend.info()
@@ -264,10 +275,9 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
     if cfg.init:
         from .weights import check_compatible, load_head
 
-        start, start_info = load_head(cfg.init)
+        head, start_info = load_head(cfg.init)
         check_compatible(start_info, info)
-        head = MattingHead(info["tap_channels"], start.config)
-        head.load_state_dict(start.float().state_dict())
+        head = head.float().requires_grad_(True)  # load_head gives a frozen inference head
         init_training = {"file": os.path.basename(cfg.init), **(start_info.get("training") or {})}
     else:
         head = MattingHead(info["tap_channels"], cfg.head_config)

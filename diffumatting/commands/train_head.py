@@ -93,23 +93,20 @@ def _comfy_backend(path: str):
 
 def _loss_weights(text: str) -> dict:
     """"l2=16,grad=0" -> {"l2": 16.0, "grad": 0.0}; a clear CLIError for anything else."""
-    from ..matting_head.train import LOSS_WEIGHTS
+    from ..matting_head.train import LOSS_WEIGHTS, check_loss_weights
 
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in LOSS_WEIGHTS:
-            raise CLIError(f"--loss-weights: expected TERM=WEIGHT with TERM one of {', '.join(LOSS_WEIGHTS)}, "
-                           f"got {item!r}")
+        name, _, value = item.partition("=")
         try:
-            w = float(value)
+            out[name.strip()] = float(value)
         except ValueError:
-            w = -1.0
-        if not w >= 0 or w == float("inf"):
-            raise CLIError(f"--loss-weights: {name} needs a finite weight >= 0, got {value.strip()!r}")
-        out[name] = w
-    return out
+            raise CLIError(f"--loss-weights: expected TERM=WEIGHT with TERM one of {', '.join(LOSS_WEIGHTS)} and "
+                           f"a number, got {item!r}") from None
+    try:
+        return check_loss_weights(out)
+    except ValueError as exc:
+        raise CLIError(f"--loss-weights: {exc}") from exc
 
 
 def run(args) -> int:
