@@ -12,7 +12,8 @@ ratio uses the better of the two), the head's alpha (nominal key, as in training
 (the MattingHeadDecode -> GreenPost pipeline). Metrics (bench/metrics.py): SAD/1000, MSE x1000, Grad/1000, Conn/1000 over the whole image.
 Subjects the head was trained on (listed in its metadata) are always skipped.
 Cost: wall time (median of interleaved repeats) and peak resident memory (fresh subprocess per case, peak reset
-after set-up) of the plain decode and of the head path (decode + taps + head), at each --sizes.
+after set-up) of the plain decode and of the head path (decode + taps + head), at each --sizes. With --device cuda:
+GPU time (synchronised) and the peak of GPU memory allocated by the call (torch's counter, reset per call).
 """
 
 from __future__ import annotations
@@ -57,13 +58,19 @@ def _setup(args):
     from diffumatting.matting_head.train import TaesdBackend
     from diffumatting.matting_head.weights import check_compatible, load_head
 
+    from diffumatting.matting_head.train import check_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        args.dev = check_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"--{exc}") from exc
     ae = load_tiny_autoencoder(args.taesd)
-    backend = TaesdBackend(ae, ae.name)
+    backend = TaesdBackend(ae, ae.name).to(args.dev)
     head, info = load_head(args.head)
     check_compatible(info, backend.info())
-    return backend, head, info
+    return backend, head.to(args.dev), info
 
 
 def _latent_for_size(backend, size: int):
@@ -87,9 +94,23 @@ def _run_case(backend, head, z, mode: str):
     from diffumatting.matting_head.decode import decode_with_head
 
     with torch.inference_mode():
-        if mode == "plain":
-            return backend.decode(z)
-        return decode_with_head(backend.ae.decode, backend.spec, head, z)["alpha"]
+        out = backend.decode(z) if mode == "plain" else decode_with_head(backend.ae.decode, backend.spec, head, z)["alpha"]
+    if z.device.type == "cuda":
+        torch.cuda.synchronize(z.device)  # GPU work is asynchronous: time it to the end
+    return out
+
+
+def _gpu_peak_mib(backend, head, z, mode: str) -> float:
+    """Peak GPU memory allocated during one call above what was allocated before it (MiB)."""
+    import torch
+
+    torch.cuda.synchronize(z.device)
+    base = torch.cuda.memory_allocated(z.device)
+    torch.cuda.reset_peak_memory_stats(z.device)
+    out = _run_case(backend, head, z, mode)
+    peak = torch.cuda.max_memory_allocated(z.device)
+    del out
+    return (peak - base) / 2 ** 20
 
 
 def child_main(args) -> int:
@@ -137,16 +158,18 @@ def timing(args, backend, head):
         mem = {"plain": [], "head": []}
         for _ in range(args.repeats):
             for mode in ("plain", "head"):
-                m = measure_memory(args, mode, size)
+                m = _gpu_peak_mib(backend, head, z, mode) if args.dev.type == "cuda" else measure_memory(args, mode, size)
                 if m is not None:
                     mem[mode].append(m)
         mem_plain = statistics.median(mem["plain"]) if mem["plain"] else None
         mem_head = statistics.median(mem["head"]) if mem["head"] else None
         rows.append((size, plain, withhead, mem_plain, mem_head))
     print()
+    peak = ("peak = GPU memory allocated during the call above what it started with (torch counter)"
+            if args.dev.type == "cuda" else
+            f"peak = resident-memory increase during the call (median of {args.repeats} fresh processes)")
     print(f"Cost on {args.device_name}, torch threads {__import__('torch').get_num_threads()}, "
-          f"median of {args.repeats} interleaved runs; peak = resident-memory increase during the call (median of "
-          f"{args.repeats} fresh processes)")
+          f"median of {args.repeats} interleaved runs; {peak}")
     print("| size | plain decode s | head path s | time ratio | plain peak MiB | head peak MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|")
     for size, p, h, mp, mh in rows:
@@ -245,15 +268,16 @@ def quality(args, backend, head, info):
 
 
 def kl_timing(args):
-    """Ratio against ComfyUI's full-size SD1.5 AutoencoderKL decoder (random weights; same architecture as SDXL's)."""
+    """Ratio against ComfyUI's full-size SD1.5 AutoencoderKL decoder (random weights; same architecture as SDXL's),
+    built with the class ComfyUI's VAE loader uses for it; the decoder runs in --kl-dtype, the head in fp32."""
     sys.path.insert(0, str(Path(args.comfyui).resolve()))
     from comfy.cli_args import args as comfy_args
 
-    comfy_args.cpu = True
+    comfy_args.cpu = args.dev.type == "cpu"
     import logging
 
-    import comfy.sd
     import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
 
     from diffumatting.matting_head.decode import decode_with_head
     from diffumatting.matting_head.network import MattingHead
@@ -262,9 +286,8 @@ def kl_timing(args):
     ddconfig = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
                     num_res_blocks=2, attn_resolutions=[], dropout=0.0)
     logging.disable(logging.WARNING)
-    vae = comfy.sd.VAE(sd={}, config={"params": {"embed_dim": 4, "ddconfig": ddconfig}})
+    fsm = AutoencoderKL(ddconfig=ddconfig, embed_dim=4).float().eval()
     logging.disable(logging.NOTSET)
-    fsm = vae.first_stage_model.float().eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in fsm.modules():
@@ -277,30 +300,55 @@ def kl_timing(args):
             b = getattr(m, "bias", None)
             if isinstance(b, torch.Tensor):
                 b.zero_()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.kl_dtype]
+    fsm = fsm.to(args.dev, dtype)
     spec = tap_spec(fsm)
-    head = MattingHead(spec.channels).eval()
+    head = MattingHead(spec.channels, {"prior": "greenpost"}).eval().to(args.dev)
+    gpu = args.dev.type == "cuda"
 
     def dec(z):
-        return ((fsm.decode(z) + 1) / 2).clamp(0, 1)
+        return ((fsm.decode(z.to(dtype)).float() + 1) / 2).clamp(0, 1)
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        if gpu:
+            torch.cuda.synchronize(args.dev)
+        return time.perf_counter() - t0
+
+    def gpu_peak(fn):
+        torch.cuda.synchronize(args.dev)
+        base = torch.cuda.memory_allocated(args.dev)
+        torch.cuda.reset_peak_memory_stats(args.dev)
+        fn()
+        return (torch.cuda.max_memory_allocated(args.dev) - base) / 2 ** 20
 
     print()
-    print(f"Cost against ComfyUI's full-size SD1.5 VAE decoder (random weights, {sum(p.numel() for p in fsm.decoder.parameters()) / 1e6:.1f} M "
-          f"decoder parameters; head {sum(p.numel() for p in head.parameters()) / 1e6:.2f} M for taps {spec.channels})")
-    print("| size | plain decode s | head path s | time ratio |")
-    print("|---|---|---|---|")
+    print(f"Cost against ComfyUI's full-size SD1.5 VAE decoder on {args.device_name} (random weights, "
+          f"{sum(p.numel() for p in fsm.decoder.parameters()) / 1e6:.1f} M decoder parameters in {args.kl_dtype}; head "
+          f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f} M in fp32 with the GreenPost prior, taps {spec.channels}"
+          f"; median of {args.kl_repeats} interleaved runs after a warm-up)")
+    print("| size | plain decode s | head path s | time ratio |" + (" plain peak MiB | head peak MiB | memory ratio |"
+                                                                   if gpu else ""))
+    print("|---|---|---|---|" + ("---|---|---|" if gpu else ""))
+    key = torch.tensor([0.0, 1.0, 0.0], device=args.dev)
     for size in args.kl_sizes:
-        z = torch.randn(1, 4, size // 8, size // 8, generator=g)
+        z = torch.randn(1, 4, size // 8, size // 8, generator=g).to(args.dev)
+        cases = {"plain": lambda: dec(z), "head": lambda: decode_with_head(dec, spec, head, z, key=key)}
         t = {"plain": [], "head": []}
         with torch.inference_mode():
+            if gpu:  # warm-up: kernels, allocator, cuDNN algorithm choice
+                for fn in cases.values():
+                    timed(fn)
             for _ in range(args.kl_repeats):
-                t0 = time.perf_counter()
-                dec(z)
-                t["plain"].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                decode_with_head(dec, spec, head, z, key=torch.tensor([0.0, 1.0, 0.0]))
-                t["head"].append(time.perf_counter() - t0)
+                for mode, fn in cases.items():
+                    t[mode].append(timed(fn))
+            mem = {mode: gpu_peak(fn) for mode, fn in cases.items()} if gpu else None
         p, h = statistics.median(t["plain"]), statistics.median(t["head"])
-        print(f"| {size} | {p:.2f} | {h:.2f} | {h / p:.2f} |")
+        row = f"| {size} | {p:.3f} | {h:.3f} | {h / p:.2f} |"
+        if mem:
+            row += f" {mem['plain']:.0f} | {mem['head']:.0f} | {mem['head'] / mem['plain']:.2f} |"
+        print(row, flush=True)
 
 
 def main(argv=None) -> int:
@@ -312,6 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="512,1024", help="image sizes (px) for the cost table")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto: where the decoder and head run")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--greenpost-hq", action="store_true", help="GreenPost with high_quality=True (slower)")
@@ -319,6 +368,8 @@ def main(argv=None) -> int:
     p.add_argument("--comfyui", default="", help="ComfyUI checkout: also time against its full-size SD1.5 VAE decoder")
     p.add_argument("--kl-sizes", default="256", help="sizes for the SD1.5 VAE comparison (slow on CPU)")
     p.add_argument("--kl-repeats", type=int, default=1)
+    p.add_argument("--kl-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="dtype of the SD1.5 VAE decoder in the --comfyui comparison (ComfyUI uses bf16 on recent GPUs)")
     p.add_argument("--_child-mode", dest="child_mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_child-size", dest="child_size", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -330,6 +381,10 @@ def main(argv=None) -> int:
     import platform
 
     args.device_name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible)"
+    if args.dev.type == "cuda":
+        import torch
+
+        args.device_name = f"GPU {torch.cuda.get_device_name(args.dev)} (torch {torch.__version__})"
     tr = info.get("training") or {}
     print(f"head: {Path(args.head).name} ({sum(t.numel() for t in head.parameters()) / 1e6:.2f} M parameters; "
           f"decoder {info.get('decoder_name')}; trained {tr.get('steps')} steps / {tr.get('minutes')} min on "

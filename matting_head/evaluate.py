@@ -28,8 +28,11 @@ def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_G
 
 @torch.no_grad()
 def head_alpha(head, item: dict) -> torch.Tensor:
-    ka = head.prior(item["rgb"], item["key"])
-    return head([t.float() for t in item["taps"]], item["rgb"], ka)["alpha"]
+    """The head's alpha [1,1,H,W] in [0,1] for a prepared item, on the head's device (the item may be elsewhere)."""
+    dev = head.stem8.weight.device
+    rgb = item["rgb"].to(dev)
+    ka = head.prior(rgb, item["key"].to(dev))
+    return head([t.to(dev).float() for t in item["taps"]], rgb, ka)["alpha"]
 
 
 def make_monitor(prepared: list[dict]):
@@ -39,9 +42,10 @@ def make_monitor(prepared: list[dict]):
     def monitor(head):
         kind = head.config["prior"]
         if kind not in key_mse:
-            key_mse[kind] = [torch.mean((prior_alpha(it["rgb"], it["key"], kind) - it["alpha"]) ** 2).item()
-                             for it in prepared]
-        mses = [torch.mean((head_alpha(head, it) - it["alpha"]) ** 2).item() for it in prepared]
+            key_mse[kind] = [torch.mean((prior_alpha(it["rgb"], it["key"].to(it["rgb"]), kind)
+                                         - it["alpha"].to(it["rgb"])) ** 2).item() for it in prepared]
+        mses = [torch.mean((head_alpha(head, it).float().cpu() - it["alpha"].float().cpu()) ** 2).item()
+                for it in prepared]
         m, k = sum(mses) / len(mses), sum(key_mse[kind]) / len(key_mse[kind])
         return {"heldout_mse": m, "heldout_key_mse": k, "ratio": m / k,
                 "per_subject": {it["name"]: round(x, 6) for it, x in zip(prepared, mses)}}

@@ -2,21 +2,29 @@
 head -> alpha, against the ground truth. Samples are produced into a buffer that is partly refreshed every step
 (the frozen encoder/decoder cost far more than the head, so each decoded sample is reused several times).
 Checkpoints (head, optimiser, step, RNG) are written atomically every ``ckpt_every`` steps; ``resume`` continues
-from the last one, so a killed run loses at most one interval. The final head is written with metadata."""
+from the last one, so a killed run loses at most one interval. The final head is written with metadata.
+
+Each new sample is a pure function of (seed, sample index) (``sample_seed``), so ``workers`` CPU processes can make
+the crops and canvases ahead of time (useful on a GPU, where the encoder/decoder/head are fast and the CPU side is
+not) and the stream is the same for any number of workers and across a resume. ``device`` runs the frozen decoder
+(TAESD family), the buffer and the head there."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import multiprocessing
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..common.files import atomic_path
-from .data import Pair, composite, green_canvas, jitter_colour, random_crop, random_key
+from .data import Pair, composite, green_canvas, green_parts, jitter_colour, random_crop, random_key
 from .network import MattingHead
 from .taps import TapRecorder, tap_spec
 from .weights import save_head
@@ -37,6 +45,7 @@ class TrainConfig:
     realistic_fraction: float = 0.5
     noise_fraction: float = 0.5
     noise_max: float = 0.15  # latent noise sigma, relative to the latent's std
+    green_parts: float = 0.0  # fraction of samples whose opaque part gets green patches (data.green_parts)
     ckpt_every: int = 100
     seed: int = 0
     max_minutes: float = 0.0  # stop (with a checkpoint and a final file) after this long; 0 = no limit
@@ -44,6 +53,8 @@ class TrainConfig:
     init: str = ""  # start from this head file's weights (fine-tuning; its config replaces head_config)
     loss_weights: dict = field(default_factory=dict)  # overrides of LOSS_WEIGHTS
     notes: dict = field(default_factory=dict)  # extra training description for the metadata
+    device: str = "cpu"  # where the frozen decoder (TAESD family), the sample buffer and the head run
+    workers: int = 0  # CPU processes making samples ahead (0 = in the training process)
 
 
 class TaesdBackend:
@@ -57,19 +68,28 @@ class TaesdBackend:
     def info(self) -> dict:
         return {**self.spec.info(), "name": self.name}
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.ae.parameters()).device
+
+    def to(self, device) -> "TaesdBackend":
+        """Move the autoencoder to ``device``; inputs given on another device are moved to it."""
+        self.ae.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.ae.encode(image)
+        return self.ae.encode(image.to(self.device))
 
     @torch.no_grad()
     def decode_taps(self, latent: torch.Tensor, transforms=None):
         with TapRecorder(self.spec.modules, transforms) as rec:
-            rgb = self.ae.decode(latent)
+            rgb = self.ae.decode(latent.to(self.device))
         return rgb, rec.take()
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.ae.decode(latent)
+        return self.ae.decode(latent.to(self.device))
 
 
 def _synthetic_source():
@@ -86,44 +106,113 @@ def _synthetic_source():
     return [procedural_matte]
 
 
-class SampleMaker:
-    def __init__(self, backend, pairs: list[Pair], cfg: TrainConfig, generator: torch.Generator):
-        self.backend, self.pairs, self.cfg, self.g = backend, pairs, cfg, generator
-        self.synth = _synthetic_source()
+def sample_seed(seed: int, index: int) -> int:
+    """(run seed, sample index) -> the sample's own RNG seed (a hash: neighbouring indices give unrelated streams)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    def _pair(self):
-        g, size = self.g, self.cfg.crop
-        if not self.pairs or torch.rand(1, generator=g).item() < self.cfg.synthetic_fraction:
-            fn = self.synth[int(torch.randint(len(self.synth), (1,), generator=g))]
-            big = int(size * (1 + torch.rand(1, generator=g).item()))
-            fg, a = fn(big, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
-            return random_crop(fg, a, size, g, scale=(size / big, 1.0), focus_edges=0.3)
-        p = self.pairs[int(torch.randint(len(self.pairs), (1,), generator=g))]
-        return random_crop(p.fg, p.alpha, size, g, scale=(0.3, 1.0))
+
+def make_sample(pairs: list[Pair], cfg: TrainConfig, synth: list, seed: int) -> dict:
+    """The CPU part of one training sample, a pure function of ``seed``: {"fg" [3,s,s], "alpha" [1,s,s], "key" [3],
+    "canvas" [3,s,s]} in [0,1] (s = cfg.crop) plus "noise" (latent noise sigma relative to the latent's std, 0 = none)
+    and "noise_seed"."""
+    g = torch.Generator().manual_seed(seed)
+    size = cfg.crop
+    if not pairs or torch.rand(1, generator=g).item() < cfg.synthetic_fraction:
+        fn = synth[int(torch.randint(len(synth), (1,), generator=g))]
+        big = int(size * (1 + torch.rand(1, generator=g).item()))
+        fg, a = fn(big, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
+        fg, a = random_crop(fg, a, size, g, scale=(size / big, 1.0), focus_edges=0.3)
+    else:
+        p = pairs[int(torch.randint(len(pairs), (1,), generator=g))]
+        fg, a = random_crop(p.fg, p.alpha, size, g, scale=(0.3, 1.0))
+    fg = jitter_colour(fg, g)
+    key = random_key(g)
+    if cfg.green_parts > 0 and torch.rand(1, generator=g).item() < cfg.green_parts:
+        fg = green_parts(fg, a, key, g)
+    realistic = torch.rand(1, generator=g).item() < cfg.realistic_fraction
+    canvas = green_canvas(fg.shape[-2], fg.shape[-1], key, realistic, g)
+    noise = cfg.noise_max * torch.rand(1, generator=g).item() if torch.rand(1, generator=g).item() < cfg.noise_fraction \
+        else 0.0
+    return {"fg": fg, "alpha": a, "key": key, "canvas": canvas, "noise": noise,
+            "noise_seed": int(torch.randint(2 ** 62, (1,), generator=g))}
+
+
+_WORKER = None  # (pairs, cfg, synth) in a sample worker process, inherited through fork
+
+
+def _worker_init(pairs, cfg, synth):
+    global _WORKER
+    torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+    _WORKER = (pairs, cfg, synth)
+
+
+def _worker_sample(seed: int) -> dict:
+    return make_sample(*_WORKER, seed)
+
+
+class SampleMaker:
+    """Training samples: CPU crops (inline or from ``cfg.workers`` forked processes, ahead of use) -> green composite
+    -> encode -> (noise) -> decode with taps -> dicts of half-precision tensors on the backend's output device."""
+
+    def __init__(self, backend, pairs: list[Pair], cfg: TrainConfig, made: int = 0):
+        self.backend, self.pairs, self.cfg = backend, pairs, cfg
+        self.synth = _synthetic_source()
+        self.made = made  # samples handed out so far (the next one's index)
+        self.pool = None
+        self.pending: deque = deque()
+        self.submitted = made
+        if cfg.workers > 0:
+            # fork: the workers inherit the loaded pairs (no pickling); create before any GPU use in this process
+            if "fork" not in multiprocessing.get_all_start_methods():
+                raise ValueError(f"workers: {cfg.workers} sample processes need the 'fork' start method, which this "
+                                 "platform lacks (Windows); use 0 workers")
+            ctx = multiprocessing.get_context("fork")
+            self.pool = ctx.Pool(cfg.workers, initializer=_worker_init, initargs=(pairs, cfg, self.synth))
+
+    def seek(self, index: int) -> None:
+        """Continue the sample stream at ``index`` (after a resume); samples made ahead for other indices are dropped."""
+        self.pending.clear()
+        self.made = self.submitted = index
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def _crops(self, n: int) -> list[dict]:
+        seed = self.cfg.seed
+        if self.pool is None:
+            out = [make_sample(self.pairs, self.cfg, self.synth, sample_seed(seed, self.made + i)) for i in range(n)]
+        else:
+            ahead = n + 4 * self.cfg.workers  # bounded prefetch: results never pile up beyond this
+            while len(self.pending) < ahead:
+                self.pending.append(self.pool.apply_async(_worker_sample, (sample_seed(seed, self.submitted),)))
+                self.submitted += 1
+            out = [self.pending.popleft().get() for _ in range(n)]
+        self.made += n
+        return out
 
     @torch.no_grad()
-    def make(self, n: int) -> list[dict]:
-        g = self.g
-        fgs, alphas, keys, canvases = [], [], [], []
-        for _ in range(n):
-            fg, a = self._pair()
-            fg = jitter_colour(fg, g)
-            key = random_key(g)
-            realistic = torch.rand(1, generator=g).item() < self.cfg.realistic_fraction
-            canvas = green_canvas(fg.shape[-2], fg.shape[-1], key, realistic, g)
-            fgs.append(fg), alphas.append(a), keys.append(key), canvases.append(canvas)
-        fg, a, canvas = torch.stack(fgs), torch.stack(alphas), torch.stack(canvases)
+    def make(self, n: int, device=None) -> list[dict]:
+        crops = self._crops(n)
+        fg = torch.stack([c["fg"] for c in crops])
+        a = torch.stack([c["alpha"] for c in crops])
+        canvas = torch.stack([c["canvas"] for c in crops])
         image = composite(fg, a, canvas)
         z = self.backend.encode(image)
-        for i in range(n):
-            if torch.rand(1, generator=g).item() < self.cfg.noise_fraction:
-                sigma = self.cfg.noise_max * torch.rand(1, generator=g).item() * z[i].std()
-                z[i] = z[i] + sigma * torch.randn(z[i].shape, generator=g)
+        for i, c in enumerate(crops):
+            if c["noise"] > 0:
+                eps = torch.randn(z[i].shape, generator=torch.Generator().manual_seed(c["noise_seed"]))
+                z[i] = z[i] + c["noise"] * z[i].std() * eps.to(z)
         rgb, taps = self.backend.decode_taps(z)
+        device = rgb.device if device is None else device
         out = []
-        for i in range(n):
-            out.append({"taps": [t[i].half() for t in taps], "rgb": rgb[i].half(), "alpha": a[i].half(),
-                        "fg": fg[i].half(), "canvas": canvas[i].half(), "key": keys[i]})
+        for i, c in enumerate(crops):
+            out.append({"taps": [t[i].to(device, torch.half) for t in taps], "rgb": rgb[i].to(device, torch.half),
+                        "alpha": a[i].to(device, torch.half), "fg": fg[i].to(device, torch.half),
+                        "canvas": canvas[i].to(device, torch.half), "key": c["key"].to(device)})
         return out
 
 
@@ -207,7 +296,7 @@ def _ckpt_path(cfg: TrainConfig) -> str:
 
 
 def save_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
-                    g: torch.Generator, elapsed: float, log: list) -> None:
+                    g: torch.Generator, elapsed: float, log: list, made: int = 0) -> None:
     from safetensors.torch import save_file
 
     sd = {f"head.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
@@ -223,14 +312,14 @@ def save_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, st
                 opt_steps[n] = float(st["step"])
     sd["rng.generator"] = g.get_state()
     meta = {"step": str(step), "config": json.dumps(asdict(cfg)), "opt_steps": json.dumps(opt_steps),
-            "elapsed": str(elapsed), "log": json.dumps(log[-200:]), "torch_rng": "1"}
+            "elapsed": str(elapsed), "log": json.dumps(log[-200:]), "torch_rng": "1", "made": str(made)}
     sd["rng.torch"] = torch.get_rng_state()
     with atomic_path(path) as tmp:
         save_file(sd, tmp, metadata=meta)
 
 
 def load_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, g: torch.Generator):
-    """-> (step, elapsed seconds, log). Raises ValueError for a corrupt or foreign checkpoint."""
+    """-> (step, elapsed seconds, log, samples made). Raises ValueError for a corrupt or foreign checkpoint."""
     from safetensors import safe_open
 
     try:
@@ -245,11 +334,12 @@ def load_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, g:
     opt_steps = json.loads(meta.get("opt_steps", "{}"))
     for n, p in head.named_parameters():
         if f"opt.{n}.exp_avg" in sd:
-            opt.state[p] = {"step": torch.tensor(opt_steps.get(n, 0.0)), "exp_avg": sd[f"opt.{n}.exp_avg"].clone(),
-                            "exp_avg_sq": sd[f"opt.{n}.exp_avg_sq"].clone()}
+            opt.state[p] = {"step": torch.tensor(opt_steps.get(n, 0.0)), "exp_avg": sd[f"opt.{n}.exp_avg"].to(p),
+                            "exp_avg_sq": sd[f"opt.{n}.exp_avg_sq"].to(p)}
     g.set_state(sd["rng.generator"])
     torch.set_rng_state(sd["rng.torch"])
-    return int(meta["step"]), float(meta.get("elapsed", 0)), json.loads(meta.get("log", "[]"))
+    return (int(meta["step"]), float(meta.get("elapsed", 0)), json.loads(meta.get("log", "[]")),
+            int(meta.get("made", 0)))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -267,7 +357,12 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
     ``monitor(head) -> dict`` (optional) is called at every checkpoint; its numbers go into the log."""
     if cfg.batch > cfg.buffer or cfg.buffer_init > cfg.buffer:
         raise ValueError("batch and buffer_init must not exceed buffer")
+    if cfg.workers < 0:
+        raise ValueError(f"workers: expected 0 or more processes, got {cfg.workers}")
+    if not 0 <= cfg.green_parts <= 1:
+        raise ValueError(f"green_parts: expected a fraction in [0, 1], got {cfg.green_parts}")
     check_loss_weights(cfg.loss_weights)
+    device = check_device(cfg.device)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     info = backend.info()
@@ -281,17 +376,49 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
         init_training = {"file": os.path.basename(cfg.init), **(start_info.get("training") or {})}
     else:
         head = MattingHead(info["tap_channels"], cfg.head_config)
-    head = head.to(memory_format=torch.channels_last)
+    # the sample workers fork before this process touches the GPU (a forked child must not inherit a CUDA context)
+    maker = SampleMaker(backend, pairs, cfg)
+    try:
+        return _train(backend, pairs, cfg, head, maker, g, device, info, init_training, resume, progress, monitor,
+                      log_fn)
+    finally:
+        maker.close()
+
+
+def check_device(name: str) -> torch.device:
+    """"cpu" / "cuda" / "cuda:N" / "mps" / "auto" -> a usable torch.device; ValueError naming what is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this torch build sees no CUDA GPU (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r}: MPS is not available in this torch build / machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {name!r}")
+    return device
+
+
+def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, resume, progress, monitor, log_fn):
+    if hasattr(backend, "to"):
+        backend.to(device)
+    head = head.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     ckpt = _ckpt_path(cfg)
     step, elapsed, log = 0, 0.0, []
     if resume and os.path.isfile(ckpt):
-        step, elapsed, log = load_checkpoint(ckpt, head, opt, g)
+        step, elapsed, log, made = load_checkpoint(ckpt, head, opt, g)
+        maker.seek(made)
         log_fn(f"resumed from {ckpt} at step {step}")
-    maker = SampleMaker(backend, pairs, cfg, g)
     buffer: list[dict] = []
     while len(buffer) < cfg.buffer_init:
-        buffer += maker.make(min(4, cfg.buffer_init - len(buffer)))
+        buffer += maker.make(min(4 if cfg.workers == 0 else 32, cfg.buffer_init - len(buffer)), device)
     start = time.time() - elapsed
     bar = None
     if progress:
@@ -305,7 +432,7 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
         if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
             stop_reason = "time limit"
             break
-        new = maker.make(cfg.refresh) if cfg.refresh and step % cfg.refresh_every == 0 else []
+        new = maker.make(cfg.refresh, device) if cfg.refresh and step % cfg.refresh_every == 0 else []
         for s in new:
             if len(buffer) < cfg.buffer:
                 buffer.append(s)
@@ -342,21 +469,21 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
                 head.train()
             log.append(entry)
             log_fn(json.dumps(entry))
-            save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log)
+            save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log, maker.made)
     if bar is not None:
         bar.close()
-    save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log)
+    save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log, maker.made)
     head.eval()
     training = {"steps": step, "planned_steps": cfg.steps, "minutes": round((time.time() - start) / 60, 1),
                 "stopped": stop_reason, "crop": cfg.crop, "batch": cfg.batch,
                 "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
                 "synthetic_sources": [f.__module__ + "." + f.__name__ for f in maker.synth],
-                "noise_max": cfg.noise_max, **cfg.notes}
+                "noise_max": cfg.noise_max, "green_parts": cfg.green_parts, "device": device.type, **cfg.notes}
     if cfg.loss_weights:
         training["loss_weights"] = {**LOSS_WEIGHTS, **cfg.loss_weights}
     if init_training is not None:
         training["init"] = init_training
-    save_head(cfg.out, head, info, training, dtype=torch.float16)
+    save_head(cfg.out, head.cpu(), info, training, dtype=torch.float16)
     log_fn(f"wrote {cfg.out} ({stop_reason}, step {step})")
     return cfg.out
 

@@ -30,10 +30,19 @@ def register(subparsers) -> None:
     p.add_argument("--refresh", type=int, default=1, help="new decoded samples per refresh")
     p.add_argument("--refresh-every", type=int, default=1, help="steps between refreshes")
     p.add_argument("--synthetic-fraction", type=float, default=0.5)
+    p.add_argument("--green-parts", type=float, default=0.0, metavar="P",
+                   help="fraction of samples whose opaque part gets green patches unlike the key (teaches the head "
+                   "that green-coloured object parts are opaque)")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--device", default="cpu",
+                   help="where the TAESD-family decoder, the sample buffer and the head run: cpu, cuda, cuda:N, mps "
+                   "or auto (cuda when available). With --vae, ComfyUI places the VAE itself")
+    p.add_argument("--workers", type=int, default=0,
+                   help="CPU processes that make training crops ahead of use (0 = none; on a GPU the crops are the "
+                   "bottleneck: use about the number of CPU cores). The samples are the same for any number")
     p.add_argument("--prior", choices=("greenpost", "colour_difference"), default="greenpost",
                    help="the key alpha the head learns to correct: GreenPost's alpha of the decoded image (default; "
                    "the head then starts as good as GreenPost) or a plain colour-difference key (no GreenPost "
@@ -115,7 +124,7 @@ def run(args) -> int:
     from ..matting_head.data import load_pairs
     from ..matting_head.evaluate import make_monitor, prepare_eval
     from ..matting_head.taesd import load_tiny_autoencoder
-    from ..matting_head.train import TaesdBackend, TrainConfig, train_head
+    from ..matting_head.train import TaesdBackend, TrainConfig, check_device, train_head
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,6 +133,14 @@ def run(args) -> int:
     if args.crop % 8 or args.crop < 64:
         raise CLIError("--crop: expected a multiple of 8, at least 64")
     loss_weights = _loss_weights(args.loss_weights)
+    if not 0 <= args.green_parts <= 1:
+        raise CLIError(f"--green-parts: expected a fraction in [0, 1], got {args.green_parts}")
+    if args.workers < 0:
+        raise CLIError(f"--workers: expected 0 or more processes, got {args.workers}")
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise CLIError(f"--{exc}") from exc  # the message starts with "device"
     if args.init and not os.path.isfile(args.init):
         raise CLIError(f"--init: {args.init} does not exist")
     try:
@@ -151,6 +168,7 @@ def run(args) -> int:
                           refresh=args.refresh, refresh_every=args.refresh_every, synthetic_fraction=1.0 if not pairs else args.synthetic_fraction,
                           ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
                           head_config={"prior": args.prior}, init=args.init, loss_weights=loss_weights,
+                          device=args.device, workers=args.workers, green_parts=args.green_parts,
                           notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
         monitor = make_monitor(prepare_eval(backend, held)) if held else None
         train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,
