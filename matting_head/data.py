@@ -116,47 +116,6 @@ def jitter_colour(fg: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out.clamp(0, 1) ** gam
 
 
-def green_parts(fg: torch.Tensor, alpha: torch.Tensor, key: torch.Tensor, g: torch.Generator,
-                min_distance: float = 0.3, min_hue_gap: float = 25.0) -> torch.Tensor:
-    """fg [3,H,W], alpha [1,H,W] in [0,1], key [3] -> fg [3,H,W] in [0,1] with smooth random patches of its opaque part
-    recoloured green (hue 60-180 deg but at least ``min_hue_gap`` deg from the key's hue, shaded like the original),
-    at least ``min_distance`` (RGB) from the key.
-
-    Opaque green parts (leaves, felt, paint) are where keying fails hardest: a head that never sees them learns that
-    greenish means transparent. The patches stay inside the object (alpha > 0.9, soft edges). A lit screen varies in
-    brightness and saturation but hardly in hue, so only greens of another hue than the key are unambiguous object
-    colours; same-hue darker greens would teach the head to keep shadowed screen."""
-    import colorsys
-
-    from .procedural import smooth_noise
-
-    key_hue = colorsys.rgb_to_hsv(*[float(c) for c in torch.as_tensor(key).reshape(3)])[0] * 360
-    lo, hi = max(60.0, key_hue - min_hue_gap), min(180.0, key_hue + min_hue_gap)
-    hues = [(60.0, lo), (hi, 180.0)]  # the allowed ranges either side of the key's hue
-    span = sum(b - a for a, b in hues)
-
-    h, w = fg.shape[-2:]
-    cells = int(torch.randint(2, 9, (1,), generator=g))
-    field = smooth_noise(g, 1, h, w, cells)
-    thresh = 0.6 * torch.rand(1, generator=g).item() - 0.1  # patch coverage from small spots to most of the object
-    patch = ((field - thresh) / 0.08).clamp(0, 1) * ((alpha - 0.9) / 0.1).clamp(0, 1)
-    key = torch.as_tensor(key, dtype=torch.float32).reshape(3)
-    for _ in range(8):
-        u = span * torch.rand(1, generator=g).item()
-        hue = (hues[0][0] + u if u < hues[0][1] - hues[0][0] else hues[1][0] + u - (hues[0][1] - hues[0][0])) / 360
-        sat = 0.35 + 0.6 * torch.rand(1, generator=g).item()
-        val = 0.2 + 0.7 * torch.rand(1, generator=g).item()
-        colour = torch.tensor(colorsys.hsv_to_rgb(hue, sat, val), dtype=torch.float32)
-        if (colour - key).norm() >= min_distance:
-            break
-    else:
-        colour = colour * 0.5  # a dark green is always far from a screen green
-    luma = fg.mean(0, keepdim=True)
-    shade = (luma / luma[patch > 0.5].mean().clamp_min(0.05) if (patch > 0.5).any() else torch.ones_like(luma))
-    green = (colour.reshape(3, 1, 1) * shade.clamp(0.5, 1.5)).clamp(0, 1)
-    return fg + patch * (green - fg)
-
-
 def random_crop(fg, alpha, size: int, g: torch.Generator, scale=(0.3, 1.0), focus_edges: float = 0.6):
     """Scale, flip and crop a pair to ``size`` px (padding with alpha 0 when needed) -> (fg [3,s,s], alpha [1,s,s])."""
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=g).item()

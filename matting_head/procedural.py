@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 
-def smooth_noise(g: torch.Generator, c: int, h: int, w: int, cells: int) -> torch.Tensor:
+def _smooth_noise(g: torch.Generator, c: int, h: int, w: int, cells: int) -> torch.Tensor:
     """[c,h,w] smooth noise in about [-1,1] from a bicubic-upsampled random grid with ``cells`` cells."""
     base = torch.randn(1, c, cells + 3, cells + 3, generator=g)
     up = F.interpolate(base, size=(h + 2 * (h // cells + 1), w + 2 * (w // cells + 1)), mode="bicubic",
@@ -23,21 +23,21 @@ def smooth_noise(g: torch.Generator, c: int, h: int, w: int, cells: int) -> torc
 def _texture(g: torch.Generator, h: int, w: int) -> torch.Tensor:
     """[3,h,w] colourful texture in [0,1] (smooth colour field plus fine detail)."""
     base = torch.rand(3, 1, 1, generator=g)
-    tex = base + 0.35 * smooth_noise(g, 3, h, w, 4) + 0.12 * smooth_noise(g, 3, h, w, 24)
+    tex = base + 0.35 * _smooth_noise(g, 3, h, w, 4) + 0.12 * _smooth_noise(g, 3, h, w, 24)
     if torch.rand(1, generator=g).item() < 0.5:  # desaturate sometimes (hair, fur, grey objects)
         tex = tex.mean(0, keepdim=True).expand(3, h, w) * 0.7 + tex * 0.3
     return tex.clamp(0, 1)
 
 
 def _blob(g, h, w):
-    n = smooth_noise(g, 1, h, w, int(torch.randint(2, 6, (1,), generator=g)))[0]
+    n = _smooth_noise(g, 1, h, w, int(torch.randint(2, 6, (1,), generator=g)))[0]
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
     r = (xx ** 2 + yy ** 2).sqrt()
     field = n * 0.6 + (0.75 - r)
     edge = 10 ** torch.empty(1).uniform_(-2.3, -0.8, generator=g).item()
     a = torch.sigmoid(field / edge)
     if torch.rand(1, generator=g).item() < 0.5:  # fuzzy / furry boundary
-        fine = smooth_noise(g, 1, h, w, int(torch.randint(30, 90, (1,), generator=g)))[0]
+        fine = _smooth_noise(g, 1, h, w, int(torch.randint(30, 90, (1,), generator=g)))[0]
         band = torch.exp(-(field / 0.08) ** 2)
         a = (a + band * fine * 0.8).clamp(0, 1)
     return a
@@ -151,7 +151,7 @@ def procedural_matte(size: int | tuple[int, int], seed: int) -> tuple[torch.Tens
             a = torch.maximum(a, _blob(g, h, w))
     else:
         a = _blob(g, h, w)
-        holes = smooth_noise(g, 1, h, w, int(torch.randint(6, 16, (1,), generator=g)))[0]
+        holes = _smooth_noise(g, 1, h, w, int(torch.randint(6, 16, (1,), generator=g)))[0]
         a = a * torch.sigmoid((holes - 0.2) / 0.05)
     if torch.rand(1, generator=g).item() < 0.2:  # semi-transparent object
         a = a * (0.3 + 0.6 * torch.rand(1, generator=g).item())

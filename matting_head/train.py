@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.files import atomic_path
-from .data import Pair, composite, green_canvas, green_parts, jitter_colour, random_crop, random_key
+from .data import Pair, composite, green_canvas, jitter_colour, random_crop, random_key
 from .network import MattingHead
 from .taps import TapRecorder, tap_spec
 from .weights import save_head
@@ -45,7 +45,6 @@ class TrainConfig:
     realistic_fraction: float = 0.5
     noise_fraction: float = 0.5
     noise_max: float = 0.15  # latent noise sigma, relative to the latent's std
-    green_parts: float = 0.0  # fraction of samples whose opaque part gets green patches (data.green_parts)
     ckpt_every: int = 100
     seed: int = 0
     max_minutes: float = 0.0  # stop (with a checkpoint and a final file) after this long; 0 = no limit
@@ -128,8 +127,6 @@ def make_sample(pairs: list[Pair], cfg: TrainConfig, synth: list, seed: int) -> 
         fg, a = random_crop(p.fg, p.alpha, size, g, scale=(0.3, 1.0))
     fg = jitter_colour(fg, g)
     key = random_key(g)
-    if cfg.green_parts > 0 and torch.rand(1, generator=g).item() < cfg.green_parts:
-        fg = green_parts(fg, a, key, g)
     realistic = torch.rand(1, generator=g).item() < cfg.realistic_fraction
     canvas = green_canvas(fg.shape[-2], fg.shape[-1], key, realistic, g)
     noise = cfg.noise_max * torch.rand(1, generator=g).item() if torch.rand(1, generator=g).item() < cfg.noise_fraction \
@@ -359,8 +356,6 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
         raise ValueError("batch and buffer_init must not exceed buffer")
     if cfg.workers < 0:
         raise ValueError(f"workers: expected 0 or more processes, got {cfg.workers}")
-    if not 0 <= cfg.green_parts <= 1:
-        raise ValueError(f"green_parts: expected a fraction in [0, 1], got {cfg.green_parts}")
     check_loss_weights(cfg.loss_weights)
     device = check_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -478,7 +473,7 @@ def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, res
                 "stopped": stop_reason, "crop": cfg.crop, "batch": cfg.batch,
                 "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
                 "synthetic_sources": [f.__module__ + "." + f.__name__ for f in maker.synth],
-                "noise_max": cfg.noise_max, "green_parts": cfg.green_parts, "device": device.type, **cfg.notes}
+                "noise_max": cfg.noise_max, "device": device.type, **cfg.notes}
     if cfg.loss_weights:
         training["loss_weights"] = {**LOSS_WEIGHTS, **cfg.loss_weights}
     if init_training is not None:

@@ -30,9 +30,6 @@ def register(subparsers) -> None:
     p.add_argument("--refresh", type=int, default=1, help="new decoded samples per refresh")
     p.add_argument("--refresh-every", type=int, default=1, help="steps between refreshes")
     p.add_argument("--synthetic-fraction", type=float, default=0.5)
-    p.add_argument("--green-parts", type=float, default=0.0, metavar="P",
-                   help="fraction of samples whose opaque part gets green patches unlike the key (teaches the head "
-                   "that green-coloured object parts are opaque)")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
@@ -133,8 +130,6 @@ def run(args) -> int:
     if args.crop % 8 or args.crop < 64:
         raise CLIError("--crop: expected a multiple of 8, at least 64")
     loss_weights = _loss_weights(args.loss_weights)
-    if not 0 <= args.green_parts <= 1:
-        raise CLIError(f"--green-parts: expected a fraction in [0, 1], got {args.green_parts}")
     if args.workers < 0:
         raise CLIError(f"--workers: expected 0 or more processes, got {args.workers}")
     try:
@@ -168,7 +163,7 @@ def run(args) -> int:
                           refresh=args.refresh, refresh_every=args.refresh_every, synthetic_fraction=1.0 if not pairs else args.synthetic_fraction,
                           ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
                           head_config={"prior": args.prior}, init=args.init, loss_weights=loss_weights,
-                          device=args.device, workers=args.workers, green_parts=args.green_parts,
+                          device=args.device, workers=args.workers,
                           notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
         monitor = make_monitor(prepare_eval(backend, held)) if held else None
         train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,

@@ -180,8 +180,7 @@ def test_train_head_cli_rejects_bad_loss_weights_and_missing_init(tmp_path, caps
                "--init", str(tmp_path / "nope.safetensors")])
     err = capsys.readouterr().err
     assert rc == 2 and "--init" in err and "does not exist" in err
-    for flag, value, says in (("--device", "gpu", "expected cpu, cuda"), ("--workers", "-1", "0 or more"),
-                              ("--green-parts", "1.5", "fraction in [0, 1]")):
+    for flag, value, says in (("--device", "gpu", "expected cpu, cuda"), ("--workers", "-1", "0 or more")):
         rc = main(["train-head", "--taesd", str(tmp_path), "--out", str(tmp_path / "h.safetensors"), flag, value])
         err = capsys.readouterr().err
         assert rc == 2 and flag in err and says in err, err
@@ -212,11 +211,9 @@ def test_samples_are_the_same_with_worker_processes_and_after_a_resume_point():
 
 def test_training_with_workers_writes_a_head(tmp_path):
     backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
-    out = train_head(backend, _pairs(), _cfg(tmp_path, 2, workers=2, green_parts=0.5), progress=False,
-                     log_fn=lambda *_: None)
+    out = train_head(backend, _pairs(), _cfg(tmp_path, 2, workers=2), progress=False, log_fn=lambda *_: None)
     _, meta = load_head(out)
     assert meta["training"]["steps"] == 2 and meta["training"]["device"] == "cpu"
-    assert meta["training"]["green_parts"] == 0.5
 
 
 def test_bad_device_and_workers_are_clear_errors(tmp_path):
@@ -234,8 +231,6 @@ def test_bad_device_and_workers_are_clear_errors(tmp_path):
     backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
     with pytest.raises(ValueError, match="workers"):
         train_head(backend, _pairs(), _cfg(tmp_path, 1, workers=-1), progress=False, log_fn=lambda *_: None)
-    with pytest.raises(ValueError, match="green_parts"):
-        train_head(backend, _pairs(), _cfg(tmp_path, 1, green_parts=2.0), progress=False, log_fn=lambda *_: None)
 
 
 def test_workers_without_fork_are_a_clear_error(tmp_path, monkeypatch):
@@ -247,46 +242,3 @@ def test_workers_without_fork_are_a_clear_error(tmp_path, monkeypatch):
     backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
     with pytest.raises(ValueError, match="fork"):
         train_head(backend, _pairs(), _cfg(tmp_path, 1, workers=2), progress=False, log_fn=lambda *_: None)
-
-
-def test_green_parts_recolour_only_the_opaque_part_green_and_deterministically():
-    from diffumatting.matting_head.data import PURE_GREEN, green_parts
-
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    alpha = ((0.8 - (xx ** 2 + yy ** 2).sqrt()) / 0.1).clamp(0, 1)[None]  # opaque disc, soft rim, clear outside
-    fg = torch.tensor([0.9, 0.2, 0.2]).reshape(3, 1, 1).expand(3, 64, 64).clone()  # red object
-    key = torch.tensor(PURE_GREEN)
-    changed_any = False
-    for seed in range(12):
-        out = green_parts(fg, alpha, key, torch.Generator().manual_seed(seed))
-        assert torch.equal(out, green_parts(fg, alpha, key, torch.Generator().manual_seed(seed)))
-        assert out.min() >= 0 and out.max() <= 1
-        assert torch.equal(out[:, alpha[0] <= 0.9], fg[:, alpha[0] <= 0.9])  # rim and outside untouched
-        moved = (out - fg).abs().amax(0) > 0.3
-        if moved.any():
-            changed_any = True
-            px = out[:, moved]  # strongly recoloured pixels: green is the largest channel (hue 60-180 deg)
-            assert (px[1] >= px[0] - 0.35).all() and (px[1] >= px[2] - 1e-6).all()
-            assert (px - key[:, None]).norm(dim=0).mean() > 0.2  # not the key colour
-    assert changed_any
-
-
-def test_green_parts_keep_away_from_the_key_hue():
-    """A lit screen varies in brightness, not hue: object greens must differ from the key in hue."""
-    import colorsys
-
-    from diffumatting.matting_head.data import CHROMA_GREEN, PURE_GREEN, green_parts
-
-    alpha = torch.ones(1, 24, 24)
-    fg = torch.full((3, 24, 24), 0.5)
-    for key in (PURE_GREEN, CHROMA_GREEN):
-        key_hue = colorsys.rgb_to_hsv(*key)[0] * 360
-        hues = []
-        for seed in range(60):
-            out = green_parts(fg, alpha, torch.tensor(key), torch.Generator().manual_seed(seed))
-            moved = (out - fg).abs().amax(0) > 0.05
-            if moved.sum() > 20:
-                hues.append(colorsys.rgb_to_hsv(*out[:, moved].mean(1).tolist())[0] * 360)
-        assert len(hues) > 30
-        assert min(abs(h - key_hue) for h in hues) > 20, (key, sorted(hues))
-        assert 55 < min(hues) and max(hues) < 185
