@@ -55,10 +55,8 @@ def _setup(args):
     import torch
 
     from diffumatting.matting_head.taesd import load_tiny_autoencoder
-    from diffumatting.matting_head.train import TaesdBackend
+    from diffumatting.matting_head.train import TaesdBackend, check_device
     from diffumatting.matting_head.weights import check_compatible, load_head
-
-    from diffumatting.matting_head.train import check_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,20 +93,27 @@ def _run_case(backend, head, z, mode: str):
 
     with torch.inference_mode():
         out = backend.decode(z) if mode == "plain" else decode_with_head(backend.ae.decode, backend.spec, head, z)["alpha"]
-    if z.device.type == "cuda":
-        torch.cuda.synchronize(z.device)  # GPU work is asynchronous: time it to the end
+    _sync(z.device)
     return out
 
 
-def _gpu_peak_mib(backend, head, z, mode: str) -> float:
-    """Peak GPU memory allocated during one call above what was allocated before it (MiB)."""
+def _sync(device) -> None:
+    """Wait for queued GPU work (it is asynchronous: a timer must stop after it); nothing on the CPU."""
     import torch
 
-    torch.cuda.synchronize(z.device)
-    base = torch.cuda.memory_allocated(z.device)
-    torch.cuda.reset_peak_memory_stats(z.device)
-    out = _run_case(backend, head, z, mode)
-    peak = torch.cuda.max_memory_allocated(z.device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gpu_peak_mib(fn, device) -> float:
+    """Peak GPU memory allocated while ``fn()`` runs, above what was allocated before it (MiB)."""
+    import torch
+
+    _sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    peak = torch.cuda.max_memory_allocated(device)
     del out
     return (peak - base) / 2 ** 20
 
@@ -158,7 +163,8 @@ def timing(args, backend, head):
         mem = {"plain": [], "head": []}
         for _ in range(args.repeats):
             for mode in ("plain", "head"):
-                m = _gpu_peak_mib(backend, head, z, mode) if args.dev.type == "cuda" else measure_memory(args, mode, size)
+                m = (_gpu_peak_mib(lambda: _run_case(backend, head, z, mode), args.dev) if args.dev.type == "cuda"
+                     else measure_memory(args, mode, size))
                 if m is not None:
                     mem[mode].append(m)
         mem_plain = statistics.median(mem["plain"]) if mem["plain"] else None
@@ -312,16 +318,8 @@ def kl_timing(args):
     def timed(fn):
         t0 = time.perf_counter()
         fn()
-        if gpu:
-            torch.cuda.synchronize(args.dev)
+        _sync(args.dev)
         return time.perf_counter() - t0
-
-    def gpu_peak(fn):
-        torch.cuda.synchronize(args.dev)
-        base = torch.cuda.memory_allocated(args.dev)
-        torch.cuda.reset_peak_memory_stats(args.dev)
-        fn()
-        return (torch.cuda.max_memory_allocated(args.dev) - base) / 2 ** 20
 
     print()
     print(f"Cost against ComfyUI's full-size SD1.5 VAE decoder on {args.device_name} (random weights, "
@@ -343,7 +341,7 @@ def kl_timing(args):
             for _ in range(args.kl_repeats):
                 for mode, fn in cases.items():
                     t[mode].append(timed(fn))
-            mem = {mode: gpu_peak(fn) for mode, fn in cases.items()} if gpu else None
+            mem = {mode: _gpu_peak_mib(fn, args.dev) for mode, fn in cases.items()} if gpu else None
         p, h = statistics.median(t["plain"]), statistics.median(t["head"])
         row = f"| {size} | {p:.3f} | {h:.3f} | {h / p:.2f} |"
         if mem:

@@ -44,8 +44,7 @@ def make_monitor(prepared: list[dict]):
         if kind not in key_mse:
             key_mse[kind] = [torch.mean((prior_alpha(it["rgb"], it["key"].to(it["rgb"]), kind)
                                          - it["alpha"].to(it["rgb"])) ** 2).item() for it in prepared]
-        mses = [torch.mean((head_alpha(head, it).float().cpu() - it["alpha"].float().cpu()) ** 2).item()
-                for it in prepared]
+        mses = [torch.mean((head_alpha(head, it).to(it["alpha"]) - it["alpha"]) ** 2).item() for it in prepared]
         m, k = sum(mses) / len(mses), sum(key_mse[kind]) / len(key_mse[kind])
         return {"heldout_mse": m, "heldout_key_mse": k, "ratio": m / k,
                 "per_subject": {it["name"]: round(x, 6) for it, x in zip(prepared, mses)}}

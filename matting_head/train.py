@@ -347,6 +347,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def check_device(name: str) -> torch.device:
+    """"cpu" / "cuda" / "cuda:N" / "mps" / "auto" -> a usable torch.device; ValueError naming what is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this torch build sees no CUDA GPU (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r}: MPS is not available in this torch build / machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {name!r}")
+    return device
+
+
 def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True, progress: bool = True,
                monitor=None, log_fn=print) -> str:
     """Train a head for ``backend`` on ``pairs`` (+ synthetic mattes); returns the path of the final head file.
@@ -378,26 +398,6 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
                       log_fn)
     finally:
         maker.close()
-
-
-def check_device(name: str) -> torch.device:
-    """"cpu" / "cuda" / "cuda:N" / "mps" / "auto" -> a usable torch.device; ValueError naming what is missing."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {name!r}") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: this torch build sees no CUDA GPU (torch {torch.__version__})")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {name!r}: MPS is not available in this torch build / machine")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device: expected cpu, cuda, cuda:N, mps or auto, got {name!r}")
-    return device
 
 
 def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, resume, progress, monitor, log_fn):
