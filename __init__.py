@@ -3,9 +3,17 @@
 ComfyUI imports this folder as a package under its file-system path, so everything inside the pack uses
 relative imports and nothing here touches ``sys.path``, the network or the server object at import time.
 The V3 entry point is :func:`comfy_entrypoint`; ComfyUI calls it after importing the module.
+
+Outside ComfyUI the same folder is the installed package ``diffumatting`` (``pip install -e .`` maps the repository
+root to that name, see pyproject.toml): ``python -m diffumatting``, the tests and the benchmarks import
+``diffumatting.<package>``, the very code ComfyUI loads as ``<folder>.<package>``.
 """
 
+import os as _os
+
+__version__ = "0.1.0"
 MODELS_FOLDER = "diffumatting"
+PACK_DIR = _os.path.dirname(_os.path.abspath(__file__))  # the repository root: weights/, workflows/, assets/
 
 
 def register_model_folder() -> None:

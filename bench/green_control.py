@@ -25,19 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def bootstrap(comfyui: Path):
-    if not (comfyui / "comfy" / "model_management.py").is_file():
-        sys.exit(f"--comfyui: {comfyui} is not a ComfyUI checkout (set COMFYUI_PATH)")
-    sys.path.insert(0, str(comfyui))
-    from comfy.cli_args import args
+    """ComfyUI (CPU) through the pack's one bootstrap; -> (the pack's green-control node module, the test harness)."""
+    from diffumatting.comfy_bootstrap import ComfyUIError, import_comfy
 
-    args.cpu = True
-    import utils.extra_config  # noqa: F401  (before anything imports ComfyUI's `nodes`)
-
-    # the pack's code through its alias package (never the repo root on sys.path: it has a `nodes` package)
-    sys.path.insert(0, str(REPO_ROOT))
-    import diffumatting  # noqa: F401
-
-    sys.path.remove(str(REPO_ROOT))
+    try:
+        import_comfy(comfyui, cpu=True, what="--comfyui")
+    except ComfyUIError as exc:
+        sys.exit(str(exc))
     from diffumatting.nodes import green_control as gc
 
     spec = importlib.util.spec_from_file_location("_dm_harness", REPO_ROOT / "tests" / "integration" / "conftest.py")

@@ -40,18 +40,7 @@ REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mattes"
 
 
-def _import_pack():
-    if "diffumatting" not in sys.modules:
-        sys.path.insert(0, str(REPO))
-        try:
-            import diffumatting  # noqa: F401
-        finally:
-            sys.path.remove(str(REPO))
-    sys.path.insert(0, str(HERE))
-
-
-_import_pack()
-import metrics  # noqa: E402  (bench/metrics.py)
+import metrics  # noqa: E402  (bench/metrics.py; the script's folder is on sys.path)
 
 # ------------------------------------------------------------------------------------------------ data + screen
 

@@ -35,12 +35,6 @@ DEFAULT_HEAD = REPO_ROOT / "weights" / "diffumatting_head_taef2.safetensors"
 
 
 def _import_pack():
-    if "diffumatting" not in sys.modules:
-        sys.path.insert(0, str(REPO_ROOT))
-        try:
-            import diffumatting  # noqa: F401
-        finally:
-            sys.path.remove(str(REPO_ROOT))
     import diffumatting
 
     return diffumatting
@@ -214,8 +208,7 @@ def quality(args, backend, head, info):
     from diffumatting.matting_head.data import CHROMA_GREEN, PURE_GREEN, load_pairs
     from diffumatting.matting_head.decode import decode_with_head
     from diffumatting.matting_head.evaluate import prepare_eval
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import metrics  # bench/metrics.py: the same metric code as bench/keying.py
+    import metrics  # bench/metrics.py (the script's folder is on sys.path): the same metric code as bench/keying.py
 
     def all_metrics(pred, gt):
         """pred, gt: [...,H,W] tensors in [0,1] -> SAD/1000, MSE x1000, Grad/1000, Conn/1000."""
@@ -276,11 +269,11 @@ def quality(args, backend, head, info):
 def kl_timing(args):
     """Ratio against ComfyUI's full-size SD1.5 AutoencoderKL decoder (random weights; same architecture as SDXL's),
     built with the class ComfyUI's VAE loader uses for it; the decoder runs in --kl-dtype, the head in fp32."""
-    sys.path.insert(0, str(Path(args.comfyui).resolve()))
-    from comfy.cli_args import args as comfy_args
-
-    comfy_args.cpu = args.dev.type == "cpu"
     import logging
+
+    from diffumatting.comfy_bootstrap import import_comfy
+
+    import_comfy(args.comfyui, cpu=args.dev.type == "cpu", what="--comfyui")
 
     import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL

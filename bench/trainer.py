@@ -23,12 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _import_alias():
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        import diffumatting  # noqa: F401
-    finally:
-        sys.path.remove(str(REPO_ROOT))
-    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO_ROOT]
+    import diffumatting  # noqa: F401  (the installed pack: pip install -e .)
 
 
 def peak_rss_gib() -> float:
@@ -55,7 +50,7 @@ def main(argv=None) -> int:
     import torch
 
     from diffumatting.synthetic import synthetic_matte
-    from diffumatting.trainer.comfy_runtime import load_checkpoint
+    from diffumatting.comfy_bootstrap import load_checkpoint
     from diffumatting.trainer.data import DataOptions, GreenDataset
     from diffumatting.trainer.losses import LossWeights
     from diffumatting.trainer.loop import GreenTrainer, TrainOptions

@@ -1,35 +1,18 @@
-"""Test set-up shared by the unit and integration suites.
+"""Test set-up shared by the unit and integration suites: the shared data folder and its fixtures.
 
-Makes the pack importable as ``diffumatting.<package>`` without putting the repository root on ``sys.path`` for
-good (the root holds our ``nodes/`` package, which would shadow ComfyUI's top-level ``nodes`` module).
+The pack is imported as the installed package ``diffumatting`` (``pip install -e .``, part of the README's set-up
+command); nothing here edits ``sys.path``.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("DIFFUMATTING_SHARED", REPO_ROOT.parent / "shared"))
-
-
-def _import_alias() -> None:
-    if "diffumatting" in sys.modules:
-        return
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        importlib.import_module("diffumatting")
-    finally:
-        sys.path.remove(str(REPO_ROOT))
-    # `python -m pytest` from the root also puts the root (as '' or its path) on sys.path: drop it.
-    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO_ROOT]
-
-
-_import_alias()
 
 
 @pytest.fixture(scope="session")

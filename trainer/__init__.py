@@ -1,7 +1,7 @@
 """The standalone DiffuMatting trainer: the paper's joint losses, a Green100K-style data builder and a LoRA loop.
 
-``losses`` and ``data`` are pure torch; ``loop``/``lora``/``comfy_runtime`` drive ComfyUI's own model code, loaded
-at run time (``COMFYUI_PATH``), never imported at module import time here.
+``losses`` and ``data`` are pure torch; ``loop``/``lora`` drive ComfyUI's own model code, loaded
+at run time (``COMFYUI_PATH``, through ``comfy_bootstrap``), never imported at module import time here.
 """
 
 from .data import DataOptions, GreenDataset, collate, scan_folder

@@ -2,7 +2,7 @@
 
 Python API: ``train(model_patcher, clip, vae, dataset, options) -> TrainResult`` with ComfyUI objects already in
 memory (``MODEL``/``CLIP``/``VAE``, from a checkpoint or built in tests); the CLI (``python -m diffumatting
-train``) loads them from a checkpoint file with :mod:`trainer.comfy_runtime`.
+train``) loads them from a checkpoint file with :func:`comfy_bootstrap.load_checkpoint`.
 
 Each step: green composites -> VAE latents (model space), random timesteps and noise, ``x_t``; the UNet (with
 the LoRA hooked in) predicts ``x0_hat`` through ComfyUI's own ``BaseModel.apply_model``, which also runs an

@@ -333,16 +333,11 @@ def main() -> int:
     if not comfyui:
         print("set COMFYUI_PATH to a ComfyUI checkout", file=sys.stderr)
         return 2
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) not in (REPO, HERE)]
-    sys.path.insert(0, REPO)
-    import diffumatting  # noqa: F401
-
-    sys.path.remove(REPO)
     import tempfile
 
-    from diffumatting.commands.generate import bootstrap_comfyui
+    from diffumatting.comfy_bootstrap import start_comfyui
 
-    nodes, _, _ = bootstrap_comfyui(comfyui, True, tempfile.mkdtemp(prefix="dm-wf-"))
+    nodes = start_comfyui(comfyui, cpu=True, output_dir=tempfile.mkdtemp(prefix="dm-wf-")).nodes
     for wf in WORKFLOWS:
         infos = {kind: node_info(nodes.NODE_CLASS_MAPPINGS[kind]) for _, kind, _ in wf["nodes"]}
         ui, api = build(wf, infos)

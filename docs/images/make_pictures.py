@@ -14,10 +14,6 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 def main() -> int:
-    sys.path.insert(0, REPO)
-    import diffumatting  # noqa: F401
-
-    sys.path.pop(0)
     import torch
 
     from diffumatting.common.images import save_png

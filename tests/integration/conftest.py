@@ -9,17 +9,13 @@ Test-only nodes registered into ComfyUI: ``DMTestTinyModels``, ``DMTestCapture``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import sys
 import types
-import uuid
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 CACHE_DIR = Path(os.environ.get("DIFFUMATTING_TEST_CACHE", Path.home() / ".cache" / "diffumatting-tests"))
 SKIP_REASON = (
@@ -38,49 +34,21 @@ def pytest_collection_modifyitems(config, items):
 # Bootstrap
 
 
-_STATE: dict = {}
-
-
 def _bootstrap(tmp_root: Path) -> types.SimpleNamespace:
-    """Import ComfyUI from COMFYUI_PATH, CPU mode, temp folders, built-in nodes, then this pack via load_custom_node."""
-    if "ns" in _STATE:
-        return _STATE["ns"]
-    root = Path(COMFYUI_PATH).resolve()
-    if not (root / "comfy" / "model_management.py").is_file():
-        pytest.fail(f"COMFYUI_PATH={COMFYUI_PATH!r} is not a ComfyUI checkout (no comfy/model_management.py)")
-    sys.path.insert(0, str(root))
-    from comfy.cli_args import args  # must precede any import of comfy.model_management
+    """ComfyUI from COMFYUI_PATH (CPU) through the pack's one bootstrap, temp folders, the pack, the test nodes."""
+    from diffumatting.comfy_bootstrap import ComfyUIError, start_comfyui
 
-    args.cpu = True
-    args.disable_api_nodes = True
-    import utils.extra_config  # noqa: F401  (before `nodes`: nodes.py puts comfy/ first on sys.path)
-    import folder_paths
-
-    for name, setter in (("output", folder_paths.set_output_directory), ("temp", folder_paths.set_temp_directory),
-                         ("input", folder_paths.set_input_directory), ("user", folder_paths.set_user_directory)):
-        path = tmp_root / name
-        path.mkdir(parents=True, exist_ok=True)
-        setter(str(path))
     models_dir = tmp_root / "models"
-    for name in ("checkpoints", "loras", "controlnet", "vae", "diffumatting"):
-        (models_dir / name).mkdir(parents=True, exist_ok=True)
-        folder_paths.add_model_folder_path(name, str(models_dir / name), is_default=True)
-
-    import execution
-    import nodes
-
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    core_ids = set(nodes.NODE_CLASS_MAPPINGS)
-    ok = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), ignore=core_ids))
-    if not ok:
-        pytest.fail("ComfyUI could not import the pack (see the log above for the traceback)")
-    pack_module = sys.modules[str(REPO_ROOT).replace(".", "_x_")]
-    _register_test_nodes(nodes)
-    ns = types.SimpleNamespace(
-        root=root, nodes=nodes, execution=execution, folder_paths=folder_paths, pack=pack_module,
-        node_classes=nodes.NODE_CLASS_MAPPINGS, core_ids=core_ids, models_dir=models_dir, tmp_root=tmp_root,
-    )
-    _STATE["ns"] = ns
+    try:
+        ns = start_comfyui(COMFYUI_PATH, cpu=True, output_dir=tmp_root / "output", temp_dir=tmp_root / "temp",
+                           input_dir=tmp_root / "input", user_dir=tmp_root / "user",
+                           model_folders={name: models_dir / name for name in
+                                          ("checkpoints", "loras", "controlnet", "vae", "diffumatting")})
+    except ComfyUIError as exc:
+        pytest.fail(str(exc))
+    if not hasattr(ns, "models_dir"):
+        _register_test_nodes(ns.nodes)
+        ns.models_dir, ns.tmp_root = models_dir, tmp_root
     return ns
 
 
@@ -100,62 +68,43 @@ def comfy(tmp_path_factory):
 # Running API-format prompts in-process
 
 
-class _StubServer:
-    """What PromptExecutor needs of PromptServer when no server runs (comfyui.md 8.3)."""
-
-    def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets_metadata = {}
-        self.messages: list[tuple[str, dict]] = []
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-    def queue_updated(self):
-        pass
-
-
 CAPTURED: dict[str, object] = {}
 
 
 @pytest.fixture(scope="session")
 def executor(comfy):
-    server = _StubServer()
-    ex = comfy.execution.PromptExecutor(server, cache_type=comfy.execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
-    return ex, server
+    """The pack's PromptRunner and its stand-in server (which keeps the messages nodes sent to the UI)."""
+    from diffumatting.comfy_bootstrap import PromptRunner
+
+    runner = PromptRunner(comfy)
+    return runner.executor, runner.server, runner
 
 
 @pytest.fixture
 def run_prompt(comfy, executor):
     """``run_prompt(prompt, extra_pnginfo=None) -> {capture key: value}``; fails the test with ComfyUI's message."""
-    ex, server = executor
+    from diffumatting.comfy_bootstrap import PromptError
+
+    ex, server, runner = executor
 
     def run(prompt: dict, extra_pnginfo: dict | None = None, expect_error: bool = False):
         CAPTURED.clear()
-        prompt_id = str(uuid.uuid4())
-        valid = asyncio.run(comfy.execution.validate_prompt(prompt_id, prompt, None))
-        ok, error, outputs, node_errors = valid
-        if not ok:
+        try:
+            history = runner.run(prompt, extra_data={"extra_pnginfo": extra_pnginfo or {}})
+        except PromptError as exc:
             if expect_error:
-                return {"validation_error": error, "node_errors": node_errors}
-            pytest.fail(f"prompt failed validation: {error}\nnode errors: {node_errors}")
-        server.messages.clear()
-        ex.execute(prompt, prompt_id, extra_data={"extra_pnginfo": extra_pnginfo or {}}, execute_outputs=outputs)
-        if not ex.success:
-            errors = [data for event, data in ex.status_messages if event == "execution_error"]
-            if expect_error:
-                return {"execution_error": errors[0] if errors else ex.status_messages}
-            detail = errors[0] if errors else ex.status_messages
-            if isinstance(detail, dict):
+                key = "validation_error" if exc.kind == "validation" else "execution_error"
+                if exc.kind == "validation":
+                    return {key: exc.detail["error"], "node_errors": exc.detail["node_errors"]}
+                return {key: exc.detail}
+            detail = exc.detail
+            if isinstance(detail, dict) and exc.kind == "execution":
                 detail = f"{detail.get('node_type')}: {detail.get('exception_message')}\n" + "".join(detail.get("traceback", []))
-            pytest.fail(f"prompt failed in execution: {detail}")
+            pytest.fail(f"prompt failed in {exc.kind}: {exc}\n{detail}")
         if expect_error:
             pytest.fail("the prompt was expected to fail but ran")
         result = dict(CAPTURED)
-        result["_history"] = ex.history_result
+        result["_history"] = history
         return result
 
     return run

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from diffumatting.commands import generate
+from diffumatting.cli.commands import generate
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "api" / "09_data_factory.json"
@@ -26,7 +26,15 @@ def _tiny(prompt: dict) -> dict:
 
 def _executor(comfy, calls, stop_after=None):
     """execute(prompt) via ComfyUI's PromptExecutor on the tiny models; KeyboardInterrupt after ``stop_after`` runs."""
-    execute = generate.make_executor(comfy.execution)
+    from diffumatting.comfy_bootstrap import ComfyUIError, PromptRunner
+
+    runner = PromptRunner(comfy)
+
+    def execute(prompt):
+        try:
+            runner.run(prompt)
+        except ComfyUIError as exc:
+            raise generate.CLIError(str(exc)) from None
 
     def run(prompt):
         if stop_after is not None and len(calls) >= stop_after:

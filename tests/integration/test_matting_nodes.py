@@ -232,7 +232,7 @@ def test_full_size_random_sd15_vae(run_prompt, comfy, random_sd15_checkpoint):
 @pytest.mark.slow
 def test_train_head_on_comfyui_vae(comfy, random_sd15_checkpoint, tmp_path):
     """train-head's ComfyUI backend: one step on the full-size random SD1.5 VAE; the head fits that VAE."""
-    from diffumatting.commands.train_head import _comfy_backend
+    from diffumatting.cli.commands.train_head import _comfy_backend
     from diffumatting.matting_head.procedural import procedural_matte
     from diffumatting.matting_head.data import Pair
     from diffumatting.matting_head.train import TrainConfig, train_head

@@ -138,8 +138,7 @@ SCRIPT = textwrap.dedent(
     import importlib.util, logging, os, sys
     logging.basicConfig(level=logging.INFO)
     repo, conftest, out, data = sys.argv[1:5]
-    sys.path.insert(0, repo); import diffumatting; sys.path.pop(0)
-    from diffumatting.trainer.comfy_runtime import import_comfy
+    from diffumatting.comfy_bootstrap import import_comfy
     import_comfy(os.environ["COMFYUI_PATH"], cpu=True)
     spec = importlib.util.spec_from_file_location("dm_conftest", conftest)
     cf = importlib.util.module_from_spec(spec); spec.loader.exec_module(cf)

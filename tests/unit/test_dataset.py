@@ -134,9 +134,6 @@ def test_writer_rejects_bad_input(tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    sys.path.insert(0, {repo!r})
-    import diffumatting
-    sys.path.pop(0)
     import torch
     from diffumatting.dataset import writer as wmod
     kill_at = int(sys.argv[2])

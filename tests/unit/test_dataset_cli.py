@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffumatting.cli import CLIError, main
-from diffumatting.commands import generate
+from diffumatting.cli.commands import generate
 from diffumatting.common.images import save_png
 from diffumatting.dataset import MattingDatasetWriter
 

@@ -168,7 +168,7 @@ def test_train_head_cli_rejects_bad_loss_weights_and_missing_init(tmp_path, caps
     import pytest
 
     from diffumatting.cli import CLIError
-    from diffumatting.commands.train_head import _loss_weights
+    from diffumatting.cli.commands.train_head import _loss_weights
 
     assert _loss_weights("l2=16, grad=0") == {"l2": 16.0, "grad": 0.0} and _loss_weights("") == {}
     for bad in ("l2", "sharp=1", "l2=-1", "l2=x", "l2=nan"):

@@ -34,7 +34,7 @@ def test_help_documents_every_training_option(capsys):
 
 
 def test_options_mapping(tmp_path):
-    from diffumatting.commands.train import build_options
+    from diffumatting.cli.commands.train import build_options
 
     args = _args(tmp_path, "--steps", "7", "--grad-accum", "3", "--w-green", "0.25", "--w-tb", "2", "--t-range", "10,900",
                  "--targets", "attn,ff", "--attn-levels", "4", "--no-resume", "--precision", "fp32")
@@ -44,7 +44,7 @@ def test_options_mapping(tmp_path):
 
 
 def test_dataset_from_folder_plus_synthetic(tmp_path):
-    from diffumatting.commands.train import build_dataset
+    from diffumatting.cli.commands.train import build_dataset
     from diffumatting.synthetic import write_synthetic_folder
 
     write_synthetic_folder(tmp_path / "d", 2, 64, seed=0, caption="a cup")
@@ -73,10 +73,10 @@ def test_bad_option_value_is_one_line_error(tmp_path, capsys):
     assert rc == 2 and "lr" in err and err.count("\n") == 1
 
 
-def test_comfy_runtime_errors(tmp_path, monkeypatch):
+def test_comfy_bootstrap_errors(tmp_path, monkeypatch):
     import sys
 
-    from diffumatting.trainer import comfy_runtime
+    from diffumatting import comfy_bootstrap as comfy_runtime
 
     if "comfy.model_management" in sys.modules:
         pytest.skip("ComfyUI already imported in this process")
@@ -90,7 +90,7 @@ def test_comfy_runtime_errors(tmp_path, monkeypatch):
 
 
 def test_default_suffix_names_the_key_colour(tmp_path):
-    from diffumatting.commands.train import build_dataset
+    from diffumatting.cli.commands.train import build_dataset
     from diffumatting.synthetic import write_synthetic_folder
 
     write_synthetic_folder(tmp_path / "d", 1, 64, seed=0, caption="a cup")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli import CLIError, collect_image_files
+from .. import CLIError, collect_image_files
 
 
 def register(subparsers) -> None:
@@ -48,10 +48,10 @@ def sample_name(path: str, used: set[str]) -> str:
 def run(args) -> int:
     from dataclasses import replace
 
-    from ..common.colour import parse_key_colour
-    from ..common.images import load_image
-    from ..dataset import MattingDatasetWriter, QualityThresholds
-    from ..greenpost import green_post
+    from ...common.colour import parse_key_colour
+    from ...common.images import load_image
+    from ...dataset import MattingDatasetWriter, QualityThresholds
+    from ...greenpost import green_post
 
     files = collect_image_files(args.inputs)
     if args.key_colour.strip().lower() != "auto":

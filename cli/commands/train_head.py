@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..cli import CLIError
+from .. import CLIError
 
 
 def register(subparsers) -> None:
@@ -55,26 +55,15 @@ def register(subparsers) -> None:
 
 
 def _comfy_backend(path: str):
-    import sys
-
     import torch
 
-    comfy_path = os.environ.get("COMFYUI_PATH")
-    if not comfy_path or not os.path.isdir(comfy_path):
-        raise CLIError("--vae needs ComfyUI: set COMFYUI_PATH to a ComfyUI checkout")
-    if comfy_path not in sys.path:
-        sys.path.insert(0, comfy_path)
-    import comfy.sd
-    import comfy.utils
+    from ...comfy_bootstrap import load_vae
+    from ...matting_head.taps import TapRecorder, tap_spec
 
-    from ..matting_head.taps import TapRecorder, tap_spec
-
-    if not os.path.isfile(path):
-        raise CLIError(f"--vae: {path} does not exist")
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    if any(k.startswith("first_stage_model.") for k in sd):
-        sd = comfy.utils.state_dict_prefix_replace(sd, {"first_stage_model.": ""}, filter_keys=True)
-    vae = comfy.sd.VAE(sd=sd)
+    try:
+        vae = load_vae(path, what="--vae")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
     class ComfyBackend:
         def __init__(self):
@@ -99,7 +88,7 @@ def _comfy_backend(path: str):
 
 def _loss_weights(text: str) -> dict:
     """"l2=16,grad=0" -> {"l2": 16.0, "grad": 0.0}; a clear CLIError for anything else."""
-    from ..matting_head.train import LOSS_WEIGHTS, check_loss_weights
+    from ...matting_head.train import LOSS_WEIGHTS, check_loss_weights
 
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -118,10 +107,10 @@ def _loss_weights(text: str) -> dict:
 def run(args) -> int:
     import torch
 
-    from ..matting_head.data import load_pairs
-    from ..matting_head.evaluate import make_monitor, prepare_eval
-    from ..matting_head.taesd import load_tiny_autoencoder
-    from ..matting_head.train import TaesdBackend, TrainConfig, check_device, train_head
+    from ...matting_head.data import load_pairs
+    from ...matting_head.evaluate import make_monitor, prepare_eval
+    from ...matting_head.taesd import load_tiny_autoencoder
+    from ...matting_head.train import TaesdBackend, TrainConfig, check_device, train_head
 
     if args.threads:
         torch.set_num_threads(args.threads)

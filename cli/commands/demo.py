@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..cli import CLIError
+from .. import CLIError
 
 
 def register(subparsers) -> None:
@@ -26,13 +26,13 @@ def _demo_picture():
 
     import torch
 
-    from .. import REPO_ROOT
-    from ..common.images import load_image
+    from ... import PACK_DIR
+    from ...common.images import load_image
 
-    path = os.path.join(REPO_ROOT, "assets", "demo_greenscreen.png")
+    path = os.path.join(PACK_DIR, "assets", "demo_greenscreen.png")
     if os.path.isfile(path):
         return load_image(path).rgb, path
-    spec = importlib.util.spec_from_file_location("diffumatting_make_demo", os.path.join(REPO_ROOT, "assets", "make_demo.py"))
+    spec = importlib.util.spec_from_file_location("diffumatting_make_demo", os.path.join(PACK_DIR, "assets", "make_demo.py"))
     if spec is None or spec.loader is None:
         raise CLIError(f"the demo picture {path} and its maker assets/make_demo.py are missing")
     mod = importlib.util.module_from_spec(spec)
@@ -44,10 +44,10 @@ def _demo_picture():
 def run(args) -> int:
     import time
 
-    from ..common.colour import colour_to_hex
-    from ..common.images import load_image, save_png
-    from ..compositing import alpha_over, checkerboard
-    from ..greenpost import green_post
+    from ...common.colour import colour_to_hex
+    from ...common.images import load_image, save_png
+    from ...compositing import alpha_over, checkerboard
+    from ...greenpost import green_post
 
     if args.image:
         try:

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from ..cli import CLIError
+from .. import CLIError
 
 DATASET_NODE = "DiffuMattingSaveMattingDataset"
 DEFAULT_WORKFLOW = os.path.join("workflows", "api", "09_data_factory.json")
@@ -116,7 +116,7 @@ def run_factory(execute, template: dict, prompts: list[str], count: int, root: s
     ``execute(prompt)`` runs one API prompt (ComfyUI in-process). ``root`` is the data-set folder the workflow's
     SaveMattingDataset node writes to (``folder`` relative to ComfyUI's output directory). Returns the counts.
     """
-    from ..dataset import MattingDatasetWriter
+    from ...dataset import MattingDatasetWriter
 
     if count < 1:
         raise CLIError(f"--count: expected at least 1, got {count}")
@@ -162,87 +162,31 @@ def run_factory(execute, template: dict, prompts: list[str], count: int, root: s
 # ComfyUI in-process
 
 
-def bootstrap_comfyui(path: str, cpu: bool, output_dir: str, extra_model_paths: str | None = None):
-    """Import ComfyUI from ``path`` (CPU if asked), load core nodes and this pack; returns ``(nodes, execution)``."""
-    import asyncio
-    import tempfile
+def start(path: str, cpu: bool, output_dir: str, extra_model_paths: str | None = None):
+    """ComfyUI from ``path`` (CPU if asked) with this pack -> (namespace, ``execute(prompt)``); errors are CLIError."""
+    from ...comfy_bootstrap import ComfyUIError, PromptRunner, start_comfyui
 
-    root = os.path.abspath(path)
-    if not os.path.isfile(os.path.join(root, "comfy", "model_management.py")):
-        raise CLIError(f"--comfyui: {path} is not a ComfyUI installation (no comfy/model_management.py)")
-    from .. import REPO_ROOT
-
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != REPO_ROOT]
-    sys.path.insert(0, root)
-    from comfy.cli_args import args  # before comfy.model_management is imported
-
-    args.cpu = args.cpu or cpu
-    args.disable_api_nodes = True
-    import utils.extra_config  # noqa: F401  (before `nodes`)
-    import folder_paths
-
-    for yaml_path in (os.path.join(root, "extra_model_paths.yaml"), extra_model_paths):
-        if yaml_path and os.path.isfile(yaml_path):
-            utils.extra_config.load_extra_path_config(yaml_path)
-        elif yaml_path and yaml_path == extra_model_paths:
-            raise CLIError(f"--extra-model-paths: no such file {yaml_path}")
-    folder_paths.set_output_directory(output_dir)
-    folder_paths.set_temp_directory(tempfile.mkdtemp(prefix="diffumatting-generate-"))
-    import execution
-    import nodes
-
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if not asyncio.run(nodes.load_custom_node(REPO_ROOT, ignore=set(nodes.NODE_CLASS_MAPPINGS))):
-        raise CLIError("ComfyUI could not import the DiffuMatting pack (see the log above)")
-    return nodes, execution, folder_paths
-
-
-class _Server:
-    def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets_metadata = {}
-
-    def send_sync(self, event, data, sid=None):
-        pass
-
-    def queue_updated(self):
-        pass
-
-
-def make_executor(execution):
-    """``execute(prompt)`` running API prompts with ComfyUI's PromptExecutor; errors become CLIError."""
-    import asyncio
-    import uuid
-
-    ex = execution.PromptExecutor(_Server(), cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    try:
+        ns = start_comfyui(path, cpu=True if cpu else None, output_dir=output_dir,
+                           extra_model_paths=extra_model_paths, what="--comfyui")
+    except ComfyUIError as exc:
+        raise CLIError(str(exc)) from None
+    runner = PromptRunner(ns)
 
     def execute(prompt: dict) -> None:
-        prompt_id = str(uuid.uuid4())
-        ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-        if not ok:
-            details = "; ".join(f"{nid}: {e.get('message', '')} {e.get('details', '')}".strip()
-                                for nid, errs in (node_errors or {}).items() for e in errs.get("errors", []))
-            raise CLIError(f"the workflow is not valid here: {error.get('message', error)}"
-                           + (f" ({details})" if details else ""))
-        ex.execute(prompt, prompt_id, extra_data={}, execute_outputs=outputs)
-        if not ex.success:
-            errs = [d for e, d in ex.status_messages if e == "execution_error"]
-            if any(e == "execution_interrupted" for e, _ in ex.status_messages):
-                raise KeyboardInterrupt
-            msg = errs[0].get("exception_message", "").strip() if errs else "unknown error"
-            node = errs[0].get("node_type", "?") if errs else "?"
-            raise CLIError(f"the workflow failed in {node}: {msg}")
+        try:
+            runner.run(prompt)
+        except ComfyUIError as exc:
+            raise CLIError(str(exc)) from None
 
-    return execute
+    return ns, execute
 
 
 def run(args) -> int:
-    from .. import REPO_ROOT
+    from ... import PACK_DIR
 
     prompts = read_prompts(args.prompts)
-    template = load_workflow(args.workflow or os.path.join(REPO_ROOT, DEFAULT_WORKFLOW))
+    template = load_workflow(args.workflow or os.path.join(PACK_DIR, DEFAULT_WORKFLOW))
     if args.size is not None and (args.size < 64 or args.size % 8):
         raise CLIError(f"--size: expected a multiple of 8, at least 64, got {args.size}")
     if args.steps is not None and args.steps < 1:
@@ -251,12 +195,12 @@ def run(args) -> int:
         raise CLIError(f"--count: expected at least 1, got {args.count}")
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    _, execution, folder_paths = bootstrap_comfyui(args.comfyui, args.cpu, out, args.extra_model_paths)
-    available = folder_paths.get_filename_list("checkpoints")
+    ns, execute = start(args.comfyui, args.cpu, out, args.extra_model_paths)
+    available = ns.folder_paths.get_filename_list("checkpoints")
     if args.checkpoint not in available:
         listing = ", ".join(available[:10]) or "none"
         raise CLIError(f"--checkpoint: {args.checkpoint!r} is not in ComfyUI's checkpoints folder (found: {listing})")
-    counts = run_factory(make_executor(execution), template, prompts, args.count, out, ".",
+    counts = run_factory(execute, template, prompts, args.count, out, ".",
                          checkpoint=args.checkpoint, seed=args.seed, max_attempts=args.max_attempts,
                          steps=args.steps, size=args.size)
     reasons = ", ".join(f"{k[len('rejected_'):]} {v}" for k, v in counts.items() if k.startswith("rejected_"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import CLIError
+from .. import CLIError
 
 
 def _csv_ints(text: str) -> tuple:
@@ -107,9 +107,9 @@ def register(subparsers) -> None:
 
 def build_dataset(args):
     """args -> a GreenDataset over every --data folder (+ --synthetic samples)."""
-    from ..common.colour import parse_key_colour
-    from ..synthetic import synthetic_matte
-    from ..trainer.data import DataOptions, GreenDataset, scan_folder
+    from ...common.colour import parse_key_colour
+    from ...synthetic import synthetic_matte
+    from ...trainer.data import DataOptions, GreenDataset, scan_folder
 
     key = args.key_colour
     if isinstance(key, str) and "," in key:
@@ -120,7 +120,7 @@ def build_dataset(args):
     key = tuple(parse_key_colour(key, "--key-colour").tolist())
     suffix = args.caption_suffix
     if suffix is None:
-        from ..green_control.tokens import key_word_for
+        from ...green_control.tokens import key_word_for
 
         suffix = f"isolated on a pure {args.key_word or key_word_for(key)} screen background"
     opts = DataOptions(
@@ -138,8 +138,8 @@ def build_dataset(args):
 
 
 def build_options(args):
-    from ..trainer.losses import LossWeights
-    from ..trainer.loop import TrainOptions
+    from ...trainer.losses import LossWeights
+    from ...trainer.loop import TrainOptions
 
     if len(args.t_range) != 2:
         raise CLIError(f"--t-range: expected MIN,MAX, got {args.t_range!r}")
@@ -166,8 +166,8 @@ def run(args) -> int:
     try:
         options = build_options(args)
         dataset = build_dataset(args)
-        from ..trainer.comfy_runtime import load_checkpoint
-        from ..trainer.loop import train
+        from ...comfy_bootstrap import load_checkpoint
+        from ...trainer.loop import train
 
         model, clip, vae = load_checkpoint(args.checkpoint, args.comfyui, cpu=args.cpu or None)
         result = train(model, clip, vae, dataset, options)

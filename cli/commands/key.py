@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 
-from ..cli import CLIError, collect_image_files
+from .. import CLIError, collect_image_files
 
 
 def register(subparsers) -> None:
@@ -34,15 +34,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from ..common.images import load_image, save_png
-    from ..greenpost import NoKeyColourWarning, green_post, resolve_key_colour
+    from ...common.images import load_image, save_png
+    from ...greenpost import NoKeyColourWarning, green_post, resolve_key_colour
 
     files = collect_image_files(args.inputs)
     if not 0.0 <= args.despill <= 1.0:
         raise CLIError(f"--despill: expected a value in [0, 1], got {args.despill}")
     try:  # validate the key colour once, before any work
         if args.key_colour != "auto":
-            from ..common.colour import parse_key_colour
+            from ...common.colour import parse_key_colour
 
             parse_key_colour(args.key_colour, name="--key-colour")
     except ValueError as exc:

@@ -1,6 +1,6 @@
 """Command-line entry of the pack: ``python -m diffumatting <command> ...``.
 
-Each command lives in ``diffumatting/commands/<name>.py`` and exposes ``register(subparsers)``, which adds its
+Each command lives in ``cli/commands/<name>.py`` and exposes ``register(subparsers)``, which adds its
 sub-parser and sets ``func(args) -> int``. Commands import torch and the core lazily so ``--help`` is instant.
 Errors the user can fix (bad arguments, unreadable inputs) are raised as :class:`CLIError` and printed as one
 line with exit status 2; they never surface as a traceback.
@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from .. import __version__
 
 # Order here is the order in `--help`.
 COMMANDS = ("demo", "key", "train_head", "train", "dataset", "generate")
