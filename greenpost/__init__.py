@@ -4,7 +4,6 @@
 """
 
 from .core import GreenPostOptions, GreenPostResult, green_post
-from .keycolour import NoKeyColourWarning, estimate_key_colour, key_channels, key_difference, resolve_key_colour
+from ..common.keycolour import KeyColour, NoKeyColourWarning
 
-__all__ = ["green_post", "GreenPostResult", "GreenPostOptions", "estimate_key_colour", "resolve_key_colour",
-           "key_channels", "key_difference", "NoKeyColourWarning"]
+__all__ = ["green_post", "GreenPostResult", "GreenPostOptions", "KeyColour", "NoKeyColourWarning"]

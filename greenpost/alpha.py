@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .keycolour import key_difference
+from ..common.keycolour import key_difference
 
 
 def difference_ratio(image: torch.Tensor, screen: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

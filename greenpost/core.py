@@ -11,7 +11,8 @@ import torch
 from .alpha import despeckle, difference_ratio, ratio_to_alpha
 from .band import (bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, downsample, guided_filter, morph,
                    pool_factor, upsample, upsample_planes)
-from .keycolour import MIN_KEY_DOMINANCE, NoKeyColourWarning, key_channels, key_difference, key_dominance, resolve_key_colour
+from ..common.keycolour import (MIN_KEY_DOMINANCE, KeyColour, NoKeyColourWarning, key_channels, key_difference,
+                                key_dominance, key_rgb, resolve_key_colours)
 from .unmix import despill
 
 MIN_SIDE = 8
@@ -104,12 +105,13 @@ class GreenPostOptions:
 @dataclass
 class GreenPostResult:
     """fg [B,3,H,W] straight RGB in [0,1]; alpha [B,1,H,W] in [0,1] (1 = opaque); spill [B,1,H,W] in [0,1];
-    key_colour [B,3] in [0,1]."""
+    key_colour [B,3] in [0,1]; keys: the B KeyColours keyed against (how each was obtained)."""
 
     fg: torch.Tensor
     alpha: torch.Tensor
     spill: torch.Tensor
     key_colour: torch.Tensor
+    keys: list[KeyColour] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
 
     @property
@@ -178,8 +180,8 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
                **options) -> GreenPostResult:
     """image: [B,3,H,W] float in [0,1] (+ alpha [B,1,H,W], 1 = opaque) -> GreenPostResult (fg straight, alpha, spill).
 
-    ``key_colour``: "auto" (estimated from the canvas), a preset ("green", "blue", "magenta", ...), a hex colour or
-    a ``[3]``/``[B,3]`` tensor. With ``alpha`` given (e.g. from the matting head) that matte is kept; GreenPost
+    ``key_colour``: "auto" (estimated from the canvas), a KeyColour (or a list of B), a preset ("chroma_green",
+    "pure_green", "magenta", ...), a hex colour or a ``[3]``/``[B,3]`` tensor (see ``common.keycolour``). With ``alpha`` given (e.g. from the matting head) that matte is kept; GreenPost
     only zeroes faint values on confident canvas, unmixes and despills. ``high_quality`` averages in a second,
     coarser refinement scale and fits JPEG / video (chroma-subsampled) images on a blurred guide (a little
     slower). ``options``: see :class:`GreenPostOptions`.
@@ -278,7 +280,9 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
     b, _, h, w = img.shape
     size = (h, w)
 
-    key, found = resolve_key_colour(key_colour, img, share=opts.share_key, return_found=True)
+    keys = resolve_key_colours(key_colour, img, share=opts.share_key)
+    key = key_rgb(keys, b, img.device)
+    found = torch.tensor([k.found for k in keys], device=img.device)
     high = key_channels(key)
     usable = (key_dominance(key) >= MIN_KEY_DOMINANCE) & found  # [B]; no key colour -> opaque result
     if grey:
@@ -443,4 +447,4 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
         spill = torch.where(keep, spill, torch.zeros_like(spill))
 
     return GreenPostResult(fg=fg.to(out_dtype), alpha=a.to(out_dtype), spill=spill.to(out_dtype),
-                           key_colour=key.to(out_dtype), extras={"screen_grid": screen_grid, "canvas_noise": sigma})
+                           key_colour=key.to(out_dtype), keys=keys, extras={"screen_grid": screen_grid, "canvas_noise": sigma})

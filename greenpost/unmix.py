@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .keycolour import key_difference
+from ..common.keycolour import key_difference
 
 LUMA = (0.2126, 0.7152, 0.0722)  # Rec. 709 weights
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffumatting.greenpost import GreenPostResult, NoKeyColourWarning, estimate_key_colour, green_post
+from diffumatting.common.keycolour import estimate_key_colours
+from diffumatting.greenpost import GreenPostResult, NoKeyColourWarning, green_post
 from diffumatting.greenpost.unmix import despill, unmix
 
 GREEN = torch.tensor([0.10, 0.70, 0.28])
@@ -66,9 +67,9 @@ def test_flat_canvas_composite_general_colours(fg_colour):
 def test_auto_key_matches_the_canvas_and_reconstructs():
     fg, alpha = scene(fg_colour=(0.5, 0.5, 0.5))
     image = composite(fg, alpha, GREEN)
-    key = estimate_key_colour(image)
-    assert key.shape == (1, 3)
-    assert torch.allclose(key[0], GREEN, atol=0.01)
+    keys = estimate_key_colours(image)
+    assert len(keys) == 1 and keys[0].source == "estimated" and keys[0].word == "green"
+    assert torch.allclose(keys[0].tensor(), GREEN, atol=0.01)
     res = green_post(image)
     assert torch.allclose(res.alpha, green_post(image, key_colour=GREEN).alpha, atol=3e-3)  # as good as the given key
     assert ((res.alpha - alpha) ** 2).mean() < 5e-6
@@ -80,7 +81,7 @@ def test_other_key_colours(name, key):
     key = torch.tensor(key)
     fg, alpha = scene(fg_colour=(0.5, 0.5, 0.5))
     image = composite(fg, alpha, key)
-    est = estimate_key_colour(image)[0]
+    est = estimate_key_colours(image)[0].tensor()
     assert torch.allclose(est, key, atol=0.02)
     for kc in (name, "auto"):
         res = green_post(image, key_colour=kc)
@@ -93,7 +94,7 @@ def test_key_estimate_robust_to_gradient_and_a_large_subject():
     grad = torch.linspace(0.85, 1.1, w).view(1, 1, 1, w)
     plate = (GREEN.view(1, 3, 1, 1) * grad).clamp(0, 1).expand(1, 3, h, w)
     image = composite(fg, alpha, plate)
-    key = estimate_key_colour(image)[0]
+    key = estimate_key_colours(image)[0].tensor()
     assert (key - GREEN).abs().max() < 0.08
     res = green_post(image)
     flat = green_post(image, local_screen=False)

@@ -1,0 +1,317 @@
+"""The key colour: one value type, one resolver, one estimator and one colour-difference primitive for the pack.
+
+A :class:`KeyColour` is the colour a canvas is keyed against: its sRGB triple in [0, 1], how it was obtained (a
+preset, a hex string, an RGB triple, estimated from an image, or the default when estimation found no key-colour
+screen), its dominant channels and its colour word. It travels between nodes on the ``DIFFUMATTING_KEY_COLOUR``
+socket: GreenControl outputs the colour it anchored the canvas to, and MattingHeadDecode, GreenPost and
+SaveMattingDataset key against that very colour.
+
+The colour difference of a pixel against a key generalises the Vlahos ``G - max(R, B)``: the key's "high" channels
+(above the key's own mean) minus its "low" channels, ``min(high) - max(low)``. For green that is
+``G - max(R, B)``, for blue ``B - max(R, G)``, for magenta ``min(R, B) - G``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["KeyColour", "KEY_PRESETS", "PRESET_LABELS", "AUTO", "NoKeyColourWarning", "parse_key_colour",
+           "estimate_key_colours", "resolve_key_colours", "key_rgb", "key_channels", "key_difference",
+           "key_dominance", "colour_word", "colour_to_hex", "DEFAULT_KEY", "MIN_KEY_DOMINANCE"]
+
+# Presets a user can pick in the nodes and the CLI, by id. Chroma green/blue are the classic lit-screen paints;
+# the pure ones the exact primaries. Aliases keep older workflows and commands working.
+KEY_PRESETS: dict[str, tuple[int, int, int]] = {
+    "chroma_green": (0, 177, 64),
+    "pure_green": (0, 255, 0),
+    "chroma_blue": (0, 71, 187),
+    "pure_blue": (0, 0, 255),
+    "magenta": (255, 0, 255),
+}
+PRESET_ALIASES = {"green": "chroma_green", "blue": "chroma_blue"}
+AUTO = "auto"
+
+DEFAULT_KEY = (40 / 255.0, 180 / 255.0, 70 / 255.0)  # the typical chroma green of a lit screen / a generator canvas
+MIN_KEY_DOMINANCE = 0.1  # a key colour whose difference measure is below this is not a usable key
+# Colour words by hue (degrees): the word a prompt names the canvas with and the attention is recorded for.
+_WORD_HUES = {"red": 0.0, "orange": 30.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 225.0,
+              "purple": 270.0, "magenta": 300.0}
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
+
+
+class NoKeyColourWarning(UserWarning):
+    """The image shows no recognisable key colour; the caller falls back to a defined result."""
+
+
+def colour_to_hex(rgb) -> str:
+    """``[3]`` float in [0, 1] (tensor or sequence) -> ``#rrggbb``."""
+    vals = torch.as_tensor(rgb, dtype=torch.float32).detach().flatten().clamp(0, 1)
+    return "#" + "".join(f"{v:02x}" for v in (vals * 255).round().to(torch.int64).tolist())
+
+
+def colour_word(rgb) -> str:
+    """``[3]`` float in [0, 1] -> the colour word whose hue is nearest ("green", "blue", "magenta", "red", ...)."""
+    h, _, _ = colorsys.rgb_to_hsv(*(float(v) for v in torch.as_tensor(rgb, dtype=torch.float32).flatten().tolist()))
+    hue = h * 360.0
+
+    def dist(a: float) -> float:
+        d = abs(hue - a) % 360.0
+        return min(d, 360.0 - d)
+
+    return min(_WORD_HUES, key=lambda w: dist(_WORD_HUES[w]))
+
+
+def _label(preset: str) -> str:
+    return f"{preset.replace('_', ' ')} {colour_to_hex(torch.tensor(KEY_PRESETS[preset]) / 255.0).upper()}"
+
+
+# What a combo widget shows for each preset: it says what the colour is ("chroma green #00B140").
+PRESET_LABELS: dict[str, str] = {p: _label(p) for p in KEY_PRESETS}
+
+
+@dataclass(frozen=True)
+class KeyColour:
+    """One key colour. ``rgb`` sRGB in [0, 1]; ``source`` one of "preset", "hex", "rgb", "estimated", "default"
+    ("default": estimation found no key-colour screen and this is :data:`DEFAULT_KEY`); ``preset`` its id."""
+
+    rgb: tuple[float, float, float]
+    source: str = "rgb"
+    preset: str | None = None
+
+    def __post_init__(self):
+        rgb = tuple(float(v) for v in self.rgb)
+        if len(rgb) != 3 or not all(0.0 <= v <= 1.0 for v in rgb):
+            raise ValueError(f"key_colour: expected three values in [0, 1], got {self.rgb!r}")
+        object.__setattr__(self, "rgb", rgb)
+
+    @property
+    def found(self) -> bool:
+        """False when this is the fallback of an estimate that found no key-colour screen."""
+        return self.source != "default"
+
+    @property
+    def hex(self) -> str:
+        return colour_to_hex(self.rgb)
+
+    @property
+    def word(self) -> str:
+        return colour_word(self.rgb)
+
+    @property
+    def high(self) -> tuple[bool, bool, bool]:
+        """The dominant channels (``key_channels`` of this colour)."""
+        return tuple(bool(v) for v in key_channels(self.tensor()[None])[0].tolist())
+
+    @property
+    def usable(self) -> bool:
+        """Far enough from grey to key against (its own colour difference >= MIN_KEY_DOMINANCE)."""
+        return float(key_dominance(self.tensor()[None])[0]) >= MIN_KEY_DOMINANCE
+
+    @property
+    def label(self) -> str:
+        """Human-readable: "chroma green #00B140", "estimated #28B446", "#00FF00"."""
+        if self.preset:
+            return PRESET_LABELS[self.preset]
+        return f"{self.source} {self.hex.upper()}" if self.source in ("estimated", "default") else self.hex.upper()
+
+    def tensor(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """-> ``[3]`` in [0, 1]."""
+        return torch.tensor(self.rgb, dtype=dtype, device=device)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_key_colour(value, name: str = "key_colour") -> KeyColour:
+    """Preset id or label ("chroma_green", "chroma green #00B140"), alias ("green"), ``#RRGGBB``/``#RGB``, an RGB
+    triple (0..1 floats or 0..255 ints) or a KeyColour -> KeyColour. ``ValueError`` naming ``name`` otherwise
+    ("auto" is not a colour: see :func:`resolve_key_colours`)."""
+    if isinstance(value, KeyColour):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 3:
+            raise ValueError(f"{name}: expected three numbers (R, G, B), got a tensor of shape {tuple(value.shape)}")
+        value = value.detach().flatten().tolist()
+    if isinstance(value, (tuple, list)):
+        if len(value) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name}: expected three numbers (R, G, B), got {value!r}")
+        vals = [float(v) for v in value]
+        if not all(v == v and abs(v) != float("inf") for v in vals):
+            raise ValueError(f"{name}: RGB values must be finite, got {value!r}")
+        if any(v > 1.0 for v in vals):
+            if any(v < 0 or v > 255 for v in vals):
+                raise ValueError(f"{name}: RGB values must be in 0..1 or 0..255, got {value!r}")
+            vals = [v / 255.0 for v in vals]
+        if any(v < 0 for v in vals):
+            raise ValueError(f"{name}: RGB values must be non-negative, got {value!r}")
+        return KeyColour(tuple(vals), "rgb")
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a preset name, a hex colour or an RGB triple, got {type(value).__name__}")
+    text = value.strip().lower()
+    preset = PRESET_ALIASES.get(text, text)
+    by_label = {label.lower(): p for p, label in PRESET_LABELS.items()}
+    preset = by_label.get(preset, preset)
+    if preset in KEY_PRESETS:
+        return KeyColour(tuple(v / 255.0 for v in KEY_PRESETS[preset]), "preset", preset)
+    match = _HEX.match(text)
+    if match:
+        digits = match.group(1)
+        if len(digits) == 3:
+            digits = "".join(c * 2 for c in digits)
+        return KeyColour(tuple(int(digits[i: i + 2], 16) / 255.0 for i in (0, 2, 4)), "hex")
+    if text == AUTO:
+        raise ValueError(f"{name}: 'auto' needs an image to estimate the key colour from")
+    presets = ", ".join([*KEY_PRESETS, *PRESET_ALIASES])
+    raise ValueError(f"{name}: {value!r} is not a preset ({presets}) nor a hex colour like #00FF00")
+
+
+# ------------------------------------------------------------------------------------------------ tensor primitives
+
+
+def key_channels(key: torch.Tensor) -> torch.Tensor:
+    """key: [B,3] float in [0,1] -> high: [B,3] bool (True for the key's dominant channels)."""
+    mean = key.mean(dim=1, keepdim=True)
+    high = key > mean + 1e-6
+    none = ~high.any(dim=1)
+    if none.any():  # a grey key: call the largest channel (green on ties) "high" so the maths stays defined
+        idx = torch.where(key[:, 1:2] >= key.max(dim=1, keepdim=True).values, 1, key.argmax(dim=1, keepdim=True))
+        fallback = torch.zeros_like(high).scatter_(1, idx, True)
+        high = torch.where(none[:, None], fallback, high)
+    return high
+
+
+def key_difference(image: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """image: [B,3,H,W] (or [B,3]) float, high: [B,3] bool -> [B,1,H,W] (or [B,1]) ``min(high) - max(low)``."""
+    rows = high.tolist()
+    if all(row == rows[0] for row in rows):
+        return _difference(image, rows[0])
+    return torch.cat([_difference(image[i: i + 1], row) for i, row in enumerate(rows)])
+
+
+def _difference(image: torch.Tensor, row: list) -> torch.Tensor:
+    hi = [c for c in range(3) if row[c]]
+    lo = [c for c in range(3) if not row[c]]
+    top = image[:, hi[0]: hi[0] + 1]
+    for c in hi[1:]:
+        top = torch.minimum(top, image[:, c: c + 1])
+    if not lo:
+        return top - top
+    low = image[:, lo[0]: lo[0] + 1]
+    for c in lo[1:]:
+        low = torch.maximum(low, image[:, c: c + 1])
+    return top - low
+
+
+def key_dominance(key: torch.Tensor) -> torch.Tensor:
+    """key: [B,3] float in [0,1] -> [B] the key's own colour difference (how far it is from grey)."""
+    return key_difference(key, key_channels(key))[:, 0]
+
+
+def key_rgb(keys, batch: int, device=None) -> torch.Tensor:
+    """KeyColour, or a list of 1 or ``batch`` of them -> ``[batch,3]`` float32 in [0,1] on ``device``."""
+    keys = [keys] if isinstance(keys, KeyColour) else list(keys)
+    if len(keys) not in (1, batch):
+        raise ValueError(f"key_colour: expected 1 or {batch} key colours for a batch of {batch}, got {len(keys)}")
+    rgb = torch.tensor([k.rgb for k in keys], dtype=torch.float32, device=device)
+    return rgb.expand(batch, 3).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ estimation
+
+
+def _estimate_one(img: torch.Tensor, max_samples: int = 20_000) -> tuple[torch.Tensor, bool]:
+    """img: [3,H,W] float in [0,1] -> (key [3], recognised: bool)."""
+    # a regular subsample of the frame (strided view, no full-resolution pass)
+    st = max(1, int((img.shape[1] * img.shape[2] / max_samples) ** 0.5))
+    img = img[:, ::st, ::st]
+    _, h, w = img.shape
+    pix = img.reshape(3, -1)
+    # Border frame (8 % of each side): the canvas is most reliably visible there.
+    bh, bw = max(1, h * 8 // 100), max(1, w * 8 // 100)
+    frame = torch.cat([img[:, :bh].reshape(3, -1), img[:, -bh:].reshape(3, -1),
+                       img[:, :, :bw].reshape(3, -1), img[:, :, -bw:].reshape(3, -1)], dim=1)
+    frame = frame[:, :: max(1, frame.shape[1] // max_samples)]
+    for source in (frame, pix):
+        mx, mn = source.max(dim=0).values, source.min(dim=0).values
+        sat = (mx - mn) > 0.2
+        if sat.float().mean() < 0.2:
+            continue
+        cand = source[:, sat]
+        # Hue histogram (36 bins) of the saturated pixels; the mode is the screen.
+        r, g, b = cand
+        cmax, cmin = cand.max(dim=0).values, cand.min(dim=0).values
+        delta = (cmax - cmin).clamp_min(1e-6)
+        hue = torch.where(cmax == r, ((g - b) / delta) % 6, torch.where(cmax == g, (b - r) / delta + 2, (r - g) / delta + 4))
+        bins = (hue / 6 * 36).long().clamp(0, 35)
+        hist = torch.bincount(bins, minlength=36).float()
+        hist = hist + 0.5 * (hist.roll(1) + hist.roll(-1))
+        mode = int(hist.argmax())
+        near = (bins - mode + 36) % 36
+        sel = (near <= 1) | (near >= 35)
+        if sel.float().mean() * sat.float().mean() < 0.15:
+            continue
+        key = cand[:, sel].median(dim=1).values
+        # Refine on the whole image: pixels close to that colour (robust to a gentle gradient).
+        close = (pix - key[:, None]).abs().amax(dim=0) < 0.12
+        if close.sum() > 64:
+            key = pix[:, close].median(dim=1).values
+        if float(key_dominance(key[None])[0]) >= MIN_KEY_DOMINANCE:
+            return key, True
+    return torch.tensor(DEFAULT_KEY, dtype=img.dtype, device=img.device), False
+
+
+def estimate_key_colours(image: torch.Tensor, warn: bool = True) -> list[KeyColour]:
+    """image: [B,3,H,W] float in [0,1] -> B KeyColours (the dominant saturated canvas colour of each image).
+
+    Robust to a gentle lighting gradient and to a subject covering most of the frame (the hue-histogram mode of
+    the saturated border pixels, then of the whole image). An image with no recognisable key colour gets
+    ``source="default"`` (:data:`DEFAULT_KEY`) and a :class:`NoKeyColourWarning`.
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
+    keys = []
+    for i, img in enumerate(image.float()):
+        rgb, ok = _estimate_one(img)
+        rgb = rgb.clamp(0, 1).tolist()
+        if not ok and warn:
+            warnings.warn(f"image {i}: no recognisable key colour (no dominant saturated canvas colour); "
+                          "the result is opaque (pass key_colour to key against a given colour)", NoKeyColourWarning,
+                          stacklevel=2)
+        keys.append(KeyColour(tuple(rgb), "estimated" if ok else "default"))
+    return keys
+
+
+def resolve_key_colours(value, image: torch.Tensor, share: bool = False, name: str = "key_colour") -> list[KeyColour]:
+    """"auto" / preset / hex / triple / KeyColour / list of KeyColours / ``[B,3]`` tensor, + image [B,3,H,W] -> B
+    KeyColours. ``share=True`` with "auto" uses one colour for the whole batch (the median of the frames whose
+    estimate found a screen): stable for video. A key too close to grey warns (the keyed result is opaque)."""
+    b = image.shape[0]
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        keys = estimate_key_colours(image, warn=True)
+        if share and b > 1:
+            found = [k for k in keys if k.found]
+            if found:
+                rgb = torch.tensor([k.rgb for k in found]).median(dim=0).values
+                keys = [KeyColour(tuple(rgb.tolist()), "estimated")] * b
+    elif isinstance(value, torch.Tensor) and value.ndim == 2:
+        if value.shape not in ((b, 3), (1, 3)):
+            raise ValueError(f"{name}: expected [3] or [B,3] with B={b}, got {tuple(value.shape)}")
+        if not torch.isfinite(value).all() or value.min() < 0 or value.max() > 1:
+            raise ValueError(f"{name}: tensor values must be finite and in [0, 1]")
+        keys = [KeyColour(tuple(row), "rgb") for row in value.float().expand(b, 3).tolist()]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(k, KeyColour) for k in value):
+        if len(value) not in (1, b):
+            raise ValueError(f"{name}: expected 1 or {b} key colours for a batch of {b}, got {len(value)}")
+        keys = list(value) * (b if len(value) == 1 else 1)
+    else:
+        keys = [parse_key_colour(value, name)] * b
+    weak = [k for k in keys if k.found and not k.usable]
+    if weak:
+        warnings.warn(f"{name}: {weak[0].hex} is too close to grey to key against; the result is all opaque",
+                      NoKeyColourWarning, stacklevel=2)
+    return keys
