@@ -10,6 +10,10 @@ CATEGORY = "DiffuMatting"
 
 # A loaded matting head (see matting_head/); produced by DiffuMattingLoader, consumed by MattingHeadDecode.
 MattingHead = io.Custom("DIFFUMATTING_HEAD")
+# The key colour a canvas was painted / keyed with: a tuple of common.keycolour.KeyColour, one for the whole batch or
+# one per image. GreenControl(Sampler) output the colour they anchored to; MattingHeadDecode, GreenPost and
+# SaveMattingDataset take it as an optional input that wins over their own key-colour widget.
+KeyColourSocket = io.Custom("DIFFUMATTING_KEY_COLOUR")
 
 
 def category(sub: str) -> str:
