@@ -4,6 +4,7 @@
     .venv/bin/python bench/keying.py                      # both variants, all methods, ../shared/data/mattes
     .venv/bin/python bench/keying.py --variant real --methods greenpost,baseline --per-subject
     .venv/bin/python bench/keying.py --frame-4k           # also key one 3840x2160 frame (memory / time check)
+    .venv/bin/python bench/keying.py --user-path [--comfyui PATH]   # as users run it: cold, default threads, CLI, node
 
 Each subject (``<dir>/<name>/alpha.png`` + ``image.png`` or ``fg.png`` as the foreground colour) is composited in
 sRGB, ``I = a F + (1 - a) B``, over a synthetic screen in two variants, seeded from the subject's name:
@@ -286,15 +287,34 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-baseline", action="store_true", help="grid-search the baseline's black/white points")
     ap.add_argument("--per-subject", action="store_true", help="also print per-subject MSE")
     ap.add_argument("--frame-4k", action="store_true", help="also key one 3840x2160 frame")
+    ap.add_argument("--user-path", action="store_true",
+                    help="the user-path mode (bench/keying_userpath.py): distinct images keyed once each in fresh "
+                    "processes, default/1/2/all threads, quiet and beside a CPU hog, in-process and via the CLI")
+    ap.add_argument("--comfyui", default="", help="with --user-path: also time the GreenPost node in this ComfyUI")
+    ap.add_argument("--frames", type=int, default=120, help="with --comfyui: 1280x720 frames in the node's batch")
+    ap.add_argument("--_child", dest="child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_node-child", dest="node_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_method", dest="child_method", default="greenpost", help=argparse.SUPPRESS)
+    ap.add_argument("--_threads", dest="child_threads", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--_dir", dest="child_dir", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child or args.node_child:
+        import keying_userpath
+
+        return keying_userpath._child(args) if args.child else keying_userpath._node_child(args)
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    if not args.user_path:
+        torch.set_num_threads(args.threads)
     if not args.data.is_dir():
         print(f"error: no mattes folder at {args.data} (pass --data)", file=sys.stderr)
         return 2
     subjects = load_subjects(args.data, args.limit)
+    if args.user_path:
+        import keying_userpath
+
+        return keying_userpath.run(subjects, args)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     bp = dict(BASELINE_PARAMS)
     if args.tune_baseline:
