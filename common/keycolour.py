@@ -20,21 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KeyColour", "KEY_PRESETS", "PRESET_LABELS", "AUTO", "NoKeyColourWarning", "parse_key_colour",
-           "estimate_key_colours", "resolve_key_colours", "key_rgb", "key_channels", "key_difference",
-           "key_dominance", "colour_word", "colour_to_hex", "DEFAULT_KEY", "MIN_KEY_DOMINANCE"]
+from .keypresets import AUTO, KEY_PRESETS, PRESET_ALIASES, PRESET_HELP, PRESET_LABELS
 
-# Presets a user can pick in the nodes and the CLI, by id. Chroma green/blue are the classic lit-screen paints;
-# the pure ones the exact primaries. Aliases keep older workflows and commands working.
-KEY_PRESETS: dict[str, tuple[int, int, int]] = {
-    "chroma_green": (0, 177, 64),
-    "pure_green": (0, 255, 0),
-    "chroma_blue": (0, 71, 187),
-    "pure_blue": (0, 0, 255),
-    "magenta": (255, 0, 255),
-}
-PRESET_ALIASES = {"green": "chroma_green", "blue": "chroma_blue"}
-AUTO = "auto"
+__all__ = ["KeyColour", "KEY_PRESETS", "PRESET_ALIASES", "PRESET_LABELS", "PRESET_HELP", "AUTO",
+           "NoKeyColourWarning", "parse_key_colour", "estimate_key_colours", "estimate_key_colours_from_pixels",
+           "resolve_key_colours", "key_rgb", "key_channels", "key_difference", "key_dominance", "colour_word",
+           "colour_to_hex", "DEFAULT_KEY", "MIN_KEY_DOMINANCE"]
 
 DEFAULT_KEY = (40 / 255.0, 180 / 255.0, 70 / 255.0)  # the typical chroma green of a lit screen / a generator canvas
 MIN_KEY_DOMINANCE = 0.1  # a key colour whose difference measure is below this is not a usable key
@@ -49,7 +40,8 @@ class NoKeyColourWarning(UserWarning):
 
 
 def colour_to_hex(rgb) -> str:
-    """``[3]`` float in [0, 1] (tensor or sequence) -> ``#rrggbb``."""
+    """``[3]`` float in [0, 1] (tensor or sequence) or a KeyColour -> ``#rrggbb``."""
+    rgb = rgb.rgb if isinstance(rgb, KeyColour) else rgb
     vals = torch.as_tensor(rgb, dtype=torch.float32).detach().flatten().clamp(0, 1)
     return "#" + "".join(f"{v:02x}" for v in (vals * 255).round().to(torch.int64).tolist())
 
@@ -64,14 +56,6 @@ def colour_word(rgb) -> str:
         return min(d, 360.0 - d)
 
     return min(_WORD_HUES, key=lambda w: dist(_WORD_HUES[w]))
-
-
-def _label(preset: str) -> str:
-    return f"{preset.replace('_', ' ')} {colour_to_hex(torch.tensor(KEY_PRESETS[preset]) / 255.0).upper()}"
-
-
-# What a combo widget shows for each preset: it says what the colour is ("chroma green #00B140").
-PRESET_LABELS: dict[str, str] = {p: _label(p) for p in KEY_PRESETS}
 
 
 @dataclass(frozen=True)
@@ -129,10 +113,16 @@ class KeyColour:
 
 def parse_key_colour(value, name: str = "key_colour") -> KeyColour:
     """Preset id or label ("chroma_green", "chroma green #00B140"), alias ("green"), ``#RRGGBB``/``#RGB``, an RGB
-    triple (0..1 floats or 0..255 ints) or a KeyColour -> KeyColour. ``ValueError`` naming ``name`` otherwise
-    ("auto" is not a colour: see :func:`resolve_key_colours`)."""
+    triple (0..1 floats or 0..255 ints; also as text "R,G,B") or a KeyColour -> KeyColour. ``ValueError`` naming
+    ``name`` otherwise ("auto" is not a colour: see :func:`resolve_key_colours`)."""
     if isinstance(value, KeyColour):
         return value
+    if isinstance(value, str) and "," in value:
+        parts = value.split(",")
+        try:
+            value = [float(v) for v in parts]
+        except ValueError:
+            raise ValueError(f"{name}: expected a preset, #RRGGBB or R,G,B, got {value!r}") from None
     if isinstance(value, torch.Tensor):
         if value.numel() != 3:
             raise ValueError(f"{name}: expected three numbers (R, G, B), got a tensor of shape {tuple(value.shape)}")
@@ -212,11 +202,21 @@ def key_dominance(key: torch.Tensor) -> torch.Tensor:
     return key_difference(key, key_channels(key))[:, 0]
 
 
-def key_rgb(keys, batch: int, device=None) -> torch.Tensor:
-    """KeyColour, or a list of 1 or ``batch`` of them -> ``[batch,3]`` float32 in [0,1] on ``device``."""
-    keys = [keys] if isinstance(keys, KeyColour) else list(keys)
+def key_rgb(keys, batch: int, device=None, name: str = "key_colour") -> torch.Tensor:
+    """KeyColour, a list of 1 or ``batch`` of them, a ``[3]``/``[1,3]``/``[batch,3]`` tensor in [0,1] or anything
+    :func:`parse_key_colour` reads -> ``[batch,3]`` float32 in [0,1] on ``device`` (no image: "auto" is refused)."""
+    if isinstance(keys, torch.Tensor) and keys.ndim == 2:
+        if keys.shape not in ((batch, 3), (1, 3)):
+            raise ValueError(f"{name}: expected [3] or [B,3] with B={batch}, got {tuple(keys.shape)}")
+        if not torch.isfinite(keys).all() or keys.min() < 0 or keys.max() > 1:
+            raise ValueError(f"{name}: tensor values must be finite and in [0, 1]")
+        return keys.to(device=device, dtype=torch.float32).expand(batch, 3).contiguous()
+    if isinstance(keys, (list, tuple)) and keys and all(isinstance(k, KeyColour) for k in keys):
+        keys = list(keys)
+    else:
+        keys = [parse_key_colour(keys, name)]
     if len(keys) not in (1, batch):
-        raise ValueError(f"key_colour: expected 1 or {batch} key colours for a batch of {batch}, got {len(keys)}")
+        raise ValueError(f"{name}: expected 1 or {batch} key colours for a batch of {batch}, got {len(keys)}")
     rgb = torch.tensor([k.rgb for k in keys], dtype=torch.float32, device=device)
     return rgb.expand(batch, 3).contiguous()
 
@@ -236,6 +236,11 @@ def _estimate_one(img: torch.Tensor, max_samples: int = 20_000) -> tuple[torch.T
     frame = torch.cat([img[:, :bh].reshape(3, -1), img[:, -bh:].reshape(3, -1),
                        img[:, :, :bw].reshape(3, -1), img[:, :, -bw:].reshape(3, -1)], dim=1)
     frame = frame[:, :: max(1, frame.shape[1] // max_samples)]
+    return _estimate(frame, pix)
+
+
+def _estimate(frame: torch.Tensor, pix: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """frame: [3,N] pixels where the canvas shows best, pix: [3,M] all pixels, in [0,1] -> (key [3], recognised)."""
     for source in (frame, pix):
         mx, mn = source.max(dim=0).values, source.min(dim=0).values
         sat = (mx - mn) > 0.2
@@ -262,7 +267,18 @@ def _estimate_one(img: torch.Tensor, max_samples: int = 20_000) -> tuple[torch.T
             key = pix[:, close].median(dim=1).values
         if float(key_dominance(key[None])[0]) >= MIN_KEY_DOMINANCE:
             return key, True
-    return torch.tensor(DEFAULT_KEY, dtype=img.dtype, device=img.device), False
+    return torch.tensor(DEFAULT_KEY, dtype=frame.dtype, device=frame.device), False
+
+
+def _keys(estimates, warn: bool) -> list[KeyColour]:
+    keys = []
+    for i, (rgb, ok) in enumerate(estimates):
+        if not ok and warn:
+            warnings.warn(f"image {i}: no recognisable key colour (no dominant saturated canvas colour); "
+                          "the result is opaque (pass key_colour to key against a given colour)", NoKeyColourWarning,
+                          stacklevel=3)
+        keys.append(KeyColour(tuple(rgb.clamp(0, 1).tolist()), "estimated" if ok else "default"))
+    return keys
 
 
 def estimate_key_colours(image: torch.Tensor, warn: bool = True) -> list[KeyColour]:
@@ -274,16 +290,20 @@ def estimate_key_colours(image: torch.Tensor, warn: bool = True) -> list[KeyColo
     """
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
-    keys = []
-    for i, img in enumerate(image.float()):
-        rgb, ok = _estimate_one(img)
-        rgb = rgb.clamp(0, 1).tolist()
-        if not ok and warn:
-            warnings.warn(f"image {i}: no recognisable key colour (no dominant saturated canvas colour); "
-                          "the result is opaque (pass key_colour to key against a given colour)", NoKeyColourWarning,
-                          stacklevel=2)
-        keys.append(KeyColour(tuple(rgb), "estimated" if ok else "default"))
-    return keys
+    return _keys([_estimate_one(img) for img in image.float()], warn)
+
+
+def estimate_key_colours_from_pixels(pixels: torch.Tensor, warn: bool = True, max_samples: int = 20_000
+                                     ) -> list[KeyColour]:
+    """pixels: [B,3,N] float in [0,1] (e.g. an image's border ring) -> B KeyColours: the same estimate as
+    :func:`estimate_key_colours`, on a pixel set where the canvas is expected to show."""
+    if pixels.ndim != 3 or pixels.shape[1] != 3 or pixels.shape[2] == 0:
+        raise ValueError(f"pixels: expected [B,3,N] with N > 0, got {tuple(pixels.shape)}")
+    out = []
+    for px in pixels.float():
+        px = px[:, :: max(1, px.shape[1] // max_samples)]
+        out.append(_estimate(px, px))
+    return _keys(out, warn)
 
 
 def resolve_key_colours(value, image: torch.Tensor, share: bool = False, name: str = "key_colour") -> list[KeyColour]:

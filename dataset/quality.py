@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..common.keycolour import key_rgb
+
 
 @dataclass
 class QualityThresholds:
@@ -19,9 +21,10 @@ class QualityThresholds:
     max_coverage: float = 0.90  # above this the object fills the frame (no usable background)
 
 
-def quality_scores(fg: torch.Tensor, alpha: torch.Tensor, key_colour: torch.Tensor,
+def quality_scores(fg: torch.Tensor, alpha: torch.Tensor, key_colour,
                    thresholds: QualityThresholds | None = None) -> list[dict[str, float]]:
-    """fg [B,3,H,W] straight, alpha [B,1,H,W] (1 = opaque), key_colour [3] or [B,3] in [0,1] -> one score dict per sample.
+    """fg [B,3,H,W] straight, alpha [B,1,H,W] (1 = opaque), key_colour: a KeyColour, 1 or B of them, or a [3]/[B,3]
+    tensor in [0,1] (``common.keycolour.key_rgb``) -> one score dict per sample.
 
     Scores: ``key_residue`` (alpha-weighted share of object pixels whose colour is within ``key_distance`` of the
     key), ``border_alpha`` (share of the ``border``-px frame with alpha > 0.5), ``coverage`` (mean alpha).
@@ -32,10 +35,7 @@ def quality_scores(fg: torch.Tensor, alpha: torch.Tensor, key_colour: torch.Tens
     if alpha.ndim != 4 or alpha.shape[1] != 1 or alpha.shape[0] != fg.shape[0] or alpha.shape[-2:] != fg.shape[-2:]:
         raise ValueError(f"alpha: expected [B,1,H,W] matching fg {tuple(fg.shape)}, got {tuple(alpha.shape)}")
     b, _, h, w = fg.shape
-    key = key_colour.to(fg.device, torch.float32).reshape(-1, 3)
-    if key.shape[0] not in (1, b):
-        raise ValueError(f"key_colour: expected [3] or [{b},3], got {tuple(key_colour.shape)}")
-    key = key.expand(b, 3)[:, :, None, None]
+    key = key_rgb(key_colour, b, fg.device)[:, :, None, None]
     a = alpha.float().clamp(0, 1)
     # Pixels with almost no alpha carry no visible colour; weight by alpha so only visible residue counts.
     weight = a * (a > 0.05)

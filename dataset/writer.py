@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..common.colour import colour_to_hex
+from ..common.keycolour import parse_key_colour
 from ..common.files import atomic_write_text
 from ..common.images import save_png
 from .quality import QualityThresholds, gate, quality_scores
@@ -158,9 +158,10 @@ class MattingDatasetWriter:
         return max(used, default=-1) + 1
 
     # -- writing -----------------------------------------------------------------------------------------------
-    def write(self, name: str, image: torch.Tensor, fg: torch.Tensor, alpha: torch.Tensor, key_colour: torch.Tensor,
+    def write(self, name: str, image: torch.Tensor, fg: torch.Tensor, alpha: torch.Tensor, key_colour,
               caption: str = "", meta: dict | None = None) -> SampleResult:
-        """image [3,H,W] (green), fg [3,H,W] straight, alpha [1,H,W] (1 = opaque), key_colour [3], all in [0,1] -> result.
+        """image [3,H,W] (green), fg [3,H,W] straight, alpha [1,H,W] (1 = opaque), all in [0,1], key_colour a KeyColour
+        (or a [3] tensor, a preset, a hex colour) -> result.
 
         Scores the sample, and commits it atomically unless the quality gate rejects it (then only its row is added
         to ``rejected.jsonl``). ``meta`` (prompt, seed, model, ...) is stored in its ``metadata.jsonl`` row.
@@ -179,14 +180,18 @@ class MattingDatasetWriter:
             if not torch.isfinite(t).all():
                 raise ValueError(f"{arg}: contains NaN or infinite values")
         image, fg, alpha = image.detach().float().cpu(), fg.detach().float().cpu(), alpha.detach().float().cpu()
-        key = key_colour.detach().float().cpu().reshape(3)
+        if isinstance(key_colour, torch.Tensor):
+            key_colour = key_colour.detach().float().cpu().reshape(-1)
+        key = parse_key_colour(key_colour, "key_colour")
         scores = quality_scores(fg[None], alpha[None], key, self.thresholds)[0]
         reasons = gate(scores, self.thresholds) if self.gate_enabled else []
         row = {
             **(meta or {}),
             "name": name,
             "caption": caption,
-            "key_colour": colour_to_hex(key),
+            "key_colour": key.hex,
+            "key_source": key.source,
+            **({"key_preset": key.preset} if key.preset else {}),
             "width": int(image.shape[-1]),
             "height": int(image.shape[-2]),
             "scores": {k: round(v, 6) for k, v in scores.items()},

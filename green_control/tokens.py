@@ -10,27 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["KEY_WORDS", "key_word_for", "token_matches", "find_word_positions", "flatten_ids"]
+__all__ = ["token_matches", "find_word_positions", "flatten_ids"]
 
-# Colour words a key colour preset is prompted with (see common/colour.py KEY_PRESETS).
-KEY_WORDS = {"green": "green", "pure_green": "green", "blue": "blue", "pure_blue": "blue", "magenta": "magenta"}
+# The word a key colour is prompted with is its KeyColour.word (common/keycolour.py).
 
 _END = "</w>"
-
-
-def key_word_for(rgb: Sequence[float]) -> str:
-    """rgb: [3] in [0,1] -> the colour word ("green", "blue" or "magenta") whose hue is nearest."""
-    import colorsys
-
-    h, _, _ = colorsys.rgb_to_hsv(*(float(v) for v in rgb))
-    hue = h * 360.0
-    refs = {"green": 120.0, "blue": 225.0, "magenta": 300.0}
-
-    def dist(a: float) -> float:
-        d = abs(hue - a) % 360.0
-        return min(d, 360.0 - d)
-
-    return min(refs, key=lambda k: dist(refs[k]))
 
 
 def token_matches(token: str, word: str) -> bool:

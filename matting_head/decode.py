@@ -9,10 +9,22 @@ from collections.abc import Callable
 
 import torch
 
+from ..common.keycolour import KeyColour
 from .keyer import estimate_key, key_from_pixels
 from .taps import TapRecorder, TapSpec
 
 BORDER_STRIP = 4  # latent px decoded along each image side to estimate the key colour in tiled mode
+
+
+def key_list(key, batch: int) -> list[KeyColour]:
+    """A KeyColour, 1 or ``batch`` of them, or a [3]/[B,3] tensor -> ``batch`` KeyColours (what the head keyed with)."""
+    if isinstance(key, KeyColour):
+        return [key] * batch
+    if isinstance(key, torch.Tensor):
+        rows = key.detach().float().reshape(-1, 3).expand(batch, 3).clamp(0, 1).tolist()
+        return [KeyColour(tuple(r), "rgb") for r in rows]
+    key = list(key)
+    return key * batch if len(key) == 1 else key
 
 
 def _head_pass(decode_fn, spec: TapSpec, head, latent, key):
@@ -26,11 +38,12 @@ def _head_pass(decode_fn, spec: TapSpec, head, latent, key):
     out = head(rec.take(), rgb, ka, projected=True)  # taps passed inline: the head may free them as it goes
     res = {"image": rgb, "alpha": out["alpha"]}
     res["fg"] = out.get("fg", rgb)
+    res["keys"] = key_list(key, rgb.shape[0])
     return res
 
 
-def border_key(decode_fn, latent: torch.Tensor, strip: int = BORDER_STRIP) -> torch.Tensor:
-    """Key colour [B,3] from decoding only thin strips of the latent along the four image sides."""
+def border_key(decode_fn, latent: torch.Tensor, strip: int = BORDER_STRIP) -> list:
+    """B KeyColours estimated from decoding only thin strips of the latent along the four image sides."""
     h, w = latent.shape[-2:]
     s = min(strip, h, w)
     rings = []
@@ -64,13 +77,15 @@ def _starts(total: int, tile: int, overlap: int) -> list[int]:
 
 
 def decode_with_head(decode_fn: Callable[[torch.Tensor], torch.Tensor], spec: TapSpec, head, latent: torch.Tensor,
-                     key: torch.Tensor | None = None, tile: int = 0, overlap: int = 16, scale: int = 8,
+                     key=None, tile: int = 0, overlap: int = 16, scale: int = 8,
                      check_interrupt: Callable[[], None] | None = None,
                      on_tile: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
-    """latent [B,C,h,w] -> {"image": [B,3,H,W], "alpha": [B,1,H,W], "fg": [B,3,H,W]}, all in [0,1], H = scale*h.
+    """latent [B,C,h,w] -> {"image": [B,3,H,W], "alpha": [B,1,H,W], "fg": [B,3,H,W]} all in [0,1], H = scale*h, and
+    "keys": the B KeyColours the head keyed with.
 
-    ``decode_fn(latent) -> [B,3,H,W] in [0,1]`` runs the decoder whose modules ``spec`` taps. ``key`` [B,3] or [3]
-    (None = estimated from the decoded image's border). ``tile`` > 0: latent tile size (px of latent) with
+    ``decode_fn(latent) -> [B,3,H,W] in [0,1]`` runs the decoder whose modules ``spec`` taps. ``key``: a KeyColour,
+    1 or B of them, or a [B,3]/[3] tensor (None = estimated from the decoded image's border ring, once for all
+    tiles). ``tile`` > 0: latent tile size (px of latent) with
     ``overlap`` latent px between tiles."""
     if latent.ndim != 4:
         raise ValueError(f"latent: expected [B,C,h,w], got {tuple(latent.shape)}")
@@ -111,7 +126,7 @@ def decode_with_head(decode_fn: Callable[[torch.Tensor], torch.Tensor], spec: Ta
             wsum[..., Y:Y + th * scale, X:X + tw * scale] += wt
             if on_tile:
                 on_tile()
-    return {k: (v / wsum).clamp(0, 1) for k, v in acc.items()}
+    return {**{k: (v / wsum).clamp(0, 1) for k, v in acc.items()}, "keys": key_list(key, B)}
 
 
 def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:

@@ -6,41 +6,45 @@ from __future__ import annotations
 
 import torch
 
+from ..common.keycolour import KeyColour, estimate_key_colours_from_pixels, key_channels, key_difference, key_rgb
+
 BORDER = 4  # px ring used to estimate the key colour
 
 
-def estimate_key(image: torch.Tensor, border: int = BORDER) -> torch.Tensor:
-    """image: [B,3,H,W] in [0,1] -> key colour [B,3] in [0,1]: median of the green-dominant border pixels
-    (falls back to the median of the whole border when none is green-dominant)."""
+def border_ring(image: torch.Tensor, border: int = BORDER) -> torch.Tensor:
+    """image: [B,3,H,W] -> the pixels of its ``border``-px outer ring [B,3,N] (where the canvas shows)."""
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
     b = max(1, min(border, image.shape[-1] // 4, image.shape[-2] // 4))
-    ring = torch.cat([image[..., :b, :].flatten(2), image[..., -b:, :].flatten(2),
-                      image[..., :, :b].flatten(2), image[..., :, -b:].flatten(2)], 2)  # [B,3,N]
-    return key_from_pixels(ring).to(image.dtype)
+    return torch.cat([image[..., :b, :].flatten(2), image[..., -b:, :].flatten(2),
+                      image[..., :, :b].flatten(2), image[..., :, -b:].flatten(2)], 2)
 
 
-def key_from_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """pixels [B,3,N] in [0,1] (e.g. an image border) -> key [B,3]: median of the green-dominant ones."""
-    keys = []
-    for px in pixels.float():
-        green = px[1] - torch.maximum(px[0], px[2])
-        sel = px[:, green > 0.15]
-        keys.append((sel if sel.shape[1] >= 16 else px).median(dim=1).values)
-    return torch.stack(keys)
+def estimate_key(image: torch.Tensor, border: int = BORDER) -> list[KeyColour]:
+    """image: [B,3,H,W] in [0,1] -> B KeyColours estimated from its border ring (``common.keycolour``'s estimator:
+    hue-histogram mode of the saturated pixels; ``source="default"`` and a warning when no screen shows)."""
+    return key_from_pixels(border_ring(image, border))
+
+
+def key_from_pixels(pixels: torch.Tensor) -> list[KeyColour]:
+    """pixels [B,3,N] in [0,1] (e.g. an image border, or the border strips of a tiled decode) -> B KeyColours."""
+    return estimate_key_colours_from_pixels(pixels.detach().float())
 
 
 PRIORS = ("colour_difference", "greenpost")
 
 
-def prior_alpha(image: torch.Tensor, key: torch.Tensor, kind: str = "colour_difference") -> torch.Tensor:
-    """image [B,3,H,W] in [0,1], key [B,3] or [3] in [0,1] -> the head's prior alpha [B,1,H,W] in [0,1]."""
+def prior_alpha(image: torch.Tensor, key, kind: str = "colour_difference") -> torch.Tensor:
+    """image [B,3,H,W] in [0,1], key: a KeyColour, 1 or B of them, or a [3]/[B,3] tensor in [0,1] -> the head's prior
+    alpha [B,1,H,W] in [0,1]."""
     if kind == "colour_difference":
         return colour_difference_alpha(image, key)
     if kind == "greenpost":
         from ..greenpost import green_post
 
-        key = key.to(image).reshape(-1, 3).float().expand(image.shape[0], 3)
+        if isinstance(key, torch.Tensor):
+            key = key.to(image).reshape(-1, 3).float().expand(image.shape[0], 3)
+        # KeyColours go through as they are (a key that estimation did not find gives GreenPost's opaque result)
         # despeckle at a fixed 8 px (GreenPost's default scales with the image): the same for a training crop, a
         # tile and a whole image
         speck = 8.0 / (image.shape[-2] * image.shape[-1])
@@ -50,23 +54,21 @@ def prior_alpha(image: torch.Tensor, key: torch.Tensor, kind: str = "colour_diff
     raise ValueError(f"prior: expected one of {', '.join(PRIORS)}, got {kind!r}")
 
 
-def colour_difference_alpha(image: torch.Tensor, key: torch.Tensor, black: float = 0.08,
-                            white: float = 0.92) -> torch.Tensor:
-    """image [B,3,H,W] in [0,1], key [B,3] or [3] in [0,1] -> alpha [B,1,H,W] in [0,1] (1 = opaque).
+def colour_difference_alpha(image: torch.Tensor, key, black: float = 0.08, white: float = 0.92) -> torch.Tensor:
+    """image [B,3,H,W] in [0,1], key: a KeyColour, 1 or B of them, or a [3]/[B,3] tensor in [0,1] -> alpha
+    [B,1,H,W] in [0,1] (1 = opaque).
 
-    Vlahos-style difference along the key's dominant channel: ``d(x) = x_c - max(other channels)``,
-    ``alpha = 1 - d(I) / d(K)``, then black/white points."""
+    The pack's colour difference (``common.keycolour.key_difference``: the key's high channels minus its low ones,
+    ``G - max(R, B)`` for a green key), ``alpha = 1 - d(I) / d(K)``, then black/white points."""
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
-    key = key.to(image).reshape(-1, 3)
-    if key.shape[0] not in (1, image.shape[0]):
-        raise ValueError(f"key: expected [3] or [{image.shape[0]},3], got {tuple(key.shape)}")
-    c = key.argmax(1)  # dominant channel per image
-    onehot = torch.nn.functional.one_hot(c, 3).to(image)[:, :, None, None]  # [B,3,1,1]
-    dom = (image * onehot).sum(1, keepdim=True)
-    others = torch.where(onehot.bool(), torch.full_like(image, -1.0), image).amax(1, keepdim=True)
-    kd = ((key[:, :, None, None] * onehot).sum(1, keepdim=True)
-          - torch.where(onehot.bool(), torch.full_like(onehot, -1.0), key[:, :, None, None]).amax(1, keepdim=True))
-    kd = kd.clamp_min(0.05)
-    raw = 1 - (dom - others) / kd
+    if isinstance(key, torch.Tensor):  # the training path: no validation round trip to the host
+        if key.numel() not in (3, 3 * image.shape[0]):
+            raise ValueError(f"key: expected [3] or [{image.shape[0]},3], got {tuple(key.shape)}")
+        key = key.to(image).reshape(-1, 3).expand(image.shape[0], 3)
+    else:
+        key = key_rgb(key, image.shape[0], image.device, name="key").to(image.dtype)
+    high = key_channels(key.float())
+    kd = key_difference(key, high)[:, :, None, None].clamp_min(0.05)  # [B,1,1,1]
+    raw = 1 - key_difference(image, high) / kd
     return ((raw - black) / (white - black)).clamp(0, 1)

@@ -58,7 +58,7 @@ class DataOptions:
     """How samples are built. ``resolution`` must be a multiple of 8 (the latent factor)."""
 
     resolution: int = 512
-    key_colour: tuple = (0.0, 1.0, 0.0)
+    key_colour: object = "pure_green"  # a KeyColour, preset, hex or RGB triple (common.keycolour.parse_key_colour)
     scale: tuple = (0.5, 0.95)  # subject's longer side as a fraction of the canvas
     hflip: float = 0.5
     vflip: float = 0.0
@@ -262,9 +262,10 @@ class GreenDataset(torch.utils.data.Dataset):
 
     def __init__(self, sources, options: DataOptions | None = None, seed: int = 0):
         self.opts = options or DataOptions()
-        from ..common.colour import parse_key_colour
+        from ..common.keycolour import parse_key_colour
 
-        self.key = parse_key_colour(self.opts.key_colour, "key_colour").float()
+        self.key_colour = parse_key_colour(self.opts.key_colour, "key_colour")  # the canvas colour (a KeyColour)
+        self.key = self.key_colour.tensor()  # [3] in [0,1]
         if isinstance(sources, (str, os.PathLike)):
             self.samples: list = scan_folder(sources)
         else:

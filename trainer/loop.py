@@ -33,7 +33,8 @@ import torch
 from ..common.files import atomic_path, atomic_write_text
 from ..green_control.attention import cross_attention_probs
 from ..green_control.mask import aggregate_attention
-from ..green_control.tokens import find_word_positions, key_word_for
+from ..common.keycolour import KeyColour
+from ..green_control.tokens import find_word_positions
 from .data import collate
 from .losses import LossWeights, abar_from_sigma, joint_loss
 from .lora import TARGET_KINDS, LoRANetwork
@@ -216,9 +217,13 @@ class GreenTrainer:
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-        key = getattr(dataset, "key", torch.tensor([0.0, 1.0, 0.0]))
-        self.key = key.float()
-        self.word = options.key_word or key_word_for(self.key.tolist())
+        colour = getattr(dataset, "key_colour", None)
+        if not isinstance(colour, KeyColour):  # a dataset without a KeyColour: its key tensor, or pure green
+            key = getattr(dataset, "key", torch.tensor([0.0, 1.0, 0.0]))
+            colour = KeyColour(tuple(key.float().flatten().tolist()), "rgb")
+        self.key_colour = colour
+        self.key = colour.tensor()
+        self.word = options.key_word or colour.word
         self.prompts = PromptEncoder(clip, self.word)
         self.z_green = self._green_latent()
         self.step_done = 0
@@ -480,6 +485,7 @@ def export_lora(trainer: GreenTrainer, path) -> Path:
         "diffumatting.steps": str(trainer.step_done),
         "diffumatting.key_word": trainer.word,
         "diffumatting.key_colour": json.dumps([round(float(v), 6) for v in trainer.key]),
+        "diffumatting.key_colour_label": trainer.key_colour.label,
         "diffumatting.loss_weights": json.dumps(asdict(trainer.opts.weights)),
         "ss_base_model_version": "sd_v1",
     })

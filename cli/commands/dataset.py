@@ -11,6 +11,8 @@ from .. import CLIError, collect_image_files
 
 
 def register(subparsers) -> None:
+    from ...common.keypresets import PRESET_HELP
+
     p = subparsers.add_parser(
         "dataset", help="key green-screen images into a matting data set (image/ fg/ alpha/ trimap/ metadata.jsonl)",
         description="Key green-screen pictures with GreenPost and write a matting data set: per sample the green "
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
         "with an alpha channel keeps that alpha (e.g. the matting head's); a .txt file beside an image is its caption.")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--out", required=True, metavar="DIR", help="data-set folder (created; resumed if it exists)")
-    p.add_argument("--key-colour", default="auto", help="'auto', a preset (green, blue, ...) or a hex colour")
+    p.add_argument("--key-colour", default="auto", help=f"'auto', a preset ({PRESET_HELP}), #RRGGBB or R,G,B")
     p.add_argument("--high-quality", action="store_true", help="GreenPost's high-quality mode (two refinement scales)")
     p.add_argument("--alpha-bits", type=int, choices=(8, 16), default=8, help="bit depth of alpha/*.png")
     p.add_argument("--trimap-radius", type=int, default=10, help="unknown band half width in pixels (default 10)")
@@ -48,15 +50,16 @@ def sample_name(path: str, used: set[str]) -> str:
 def run(args) -> int:
     from dataclasses import replace
 
-    from ...common.colour import parse_key_colour
     from ...common.images import load_image
+    from ...common.keycolour import AUTO, parse_key_colour
     from ...dataset import MattingDatasetWriter, QualityThresholds
     from ...greenpost import green_post
 
     files = collect_image_files(args.inputs)
-    if args.key_colour.strip().lower() != "auto":
+    key = AUTO
+    if args.key_colour.strip().lower() != AUTO:
         try:
-            parse_key_colour(args.key_colour, name="--key-colour")
+            key = parse_key_colour(args.key_colour, name="--key-colour")
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     t = QualityThresholds()
@@ -86,13 +89,13 @@ def run(args) -> int:
         image = loaded.rgb[None]
         hint = loaded.alpha[None] if loaded.alpha is not None else None
         try:
-            res = green_post(image, alpha=hint, key_colour=args.key_colour, high_quality=args.high_quality)
+            res = green_post(image, alpha=hint, key_colour=key, high_quality=args.high_quality)
         except ValueError as exc:
             raise CLIError(f"{path}: {exc}") from None
         caption_file = os.path.splitext(path)[0] + ".txt"
         caption = open(caption_file, encoding="utf-8").read().strip() if os.path.isfile(caption_file) else ""
         meta = {"source": os.path.abspath(path), "prompt": caption, "seed": None, "model": args.model}
-        out = writer.write(name, image[0], res.fg[0], res.alpha[0], res.key_colour[0], caption=caption, meta=meta)
+        out = writer.write(name, image[0], res.fg[0], res.alpha[0], res.keys[0], caption=caption, meta=meta)
         if out.accepted:
             accepted += 1
         else:

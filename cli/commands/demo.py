@@ -44,7 +44,6 @@ def _demo_picture():
 def run(args) -> int:
     import time
 
-    from ...common.colour import colour_to_hex
     from ...common.images import load_image, save_png
     from ...compositing import alpha_over, checkerboard
     from ...greenpost import green_post
@@ -67,7 +66,9 @@ def run(args) -> int:
     comp_path = os.path.join(args.out, "demo_composite.png")
     save_png(rgba_path, fg, alpha)
     save_png(comp_path, comp)
-    print(f"keyed {source} ({fg.shape[-1]}x{fg.shape[-2]}, key colour {colour_to_hex(res.key_colour[0])}) in {dt:.2f} s")
+    used = res.keys[0]
+    found = f"key colour {used.label}" if used.found else "no key colour found, result opaque"
+    print(f"keyed {source} ({fg.shape[-1]}x{fg.shape[-2]}, {found}) in {dt:.2f} s")
     print(f"wrote {os.path.abspath(rgba_path)} (straight RGBA)")
     print(f"wrote {os.path.abspath(comp_path)} (composite over a checkerboard)")
     return 0

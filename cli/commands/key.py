@@ -10,6 +10,8 @@ from .. import CLIError, collect_image_files
 
 
 def register(subparsers) -> None:
+    from ...common.keypresets import PRESET_HELP
+
     p = subparsers.add_parser(
         "key", help="key green-screen images into RGBA PNGs with straight alpha (GreenPost, no model weights)",
         description="Key images of objects on a green (or any key-colour) canvas with GreenPost and write, per input, "
@@ -19,8 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--alpha-only", action="store_true", help="write <name>_alpha.png (grey, 1 = opaque) instead")
     p.add_argument("--key-colour", "--key-color", default="auto",
-                   help="'auto' (estimated per image), a preset (green, blue, magenta, pure_green, pure_blue) or a "
-                   "hex colour like #00B140")
+                   help=f"'auto' (estimated per image), a preset ({PRESET_HELP}; 'green'/'blue' are the chroma "
+                   "ones), #RRGGBB or R,G,B")
     p.add_argument("--share-key", action="store_true", help="estimate one key colour for all inputs (video frames)")
     p.add_argument("--high-quality", action="store_true",
                    help="high-quality mode: a second, coarser refinement scale averaged in (a little slower; slightly better on wide soft edges)")
@@ -35,21 +37,20 @@ def run(args) -> int:
     import torch
 
     from ...common.images import load_image, save_png
-    from ...greenpost import NoKeyColourWarning, green_post, resolve_key_colour
+    from ...common.keycolour import AUTO, NoKeyColourWarning, parse_key_colour, resolve_key_colours
+    from ...greenpost import green_post
 
     files = collect_image_files(args.inputs)
     if not 0.0 <= args.despill <= 1.0:
         raise CLIError(f"--despill: expected a value in [0, 1], got {args.despill}")
-    try:  # validate the key colour once, before any work
-        if args.key_colour != "auto":
-            from ...common.colour import parse_key_colour
-
-            parse_key_colour(args.key_colour, name="--key-colour")
+    auto = args.key_colour.strip().lower() == AUTO
+    try:  # the key colour once, before any work
+        given_key = None if auto else parse_key_colour(args.key_colour, name="--key-colour")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     os.makedirs(args.out, exist_ok=True)
     shared = None
-    if args.share_key and args.key_colour == "auto":
+    if args.share_key and auto:
         frames = []
         for f in files:
             try:
@@ -57,7 +58,7 @@ def run(args) -> int:
             except ValueError:
                 pass
         if frames:
-            shared = resolve_key_colour("auto", torch.cat(frames), share=True)[0]
+            shared = resolve_key_colours(AUTO, torch.cat(frames), share=True)[0]
     failures = 0
     for path in files:
         try:
@@ -75,7 +76,7 @@ def run(args) -> int:
                 notes.append("its alpha channel is ignored (use --keep-input-alpha to keep it)")
         if img.source_mode in ("gray", "gray+alpha"):
             notes.append("greyscale: no key colour, result is opaque")
-        key = shared if shared is not None else args.key_colour
+        key = shared if shared is not None else (given_key or AUTO)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoKeyColourWarning)
             try:
@@ -96,8 +97,8 @@ def run(args) -> int:
         else:
             out = os.path.join(args.out, f"{stem}_rgba.png")
             save_png(out, res.fg[0], res.alpha[0], bits=bits)
-        kc = res.key_colour[0].tolist()
-        line = f"{path} -> {out}  (key #{''.join(f'{round(c * 255):02x}' for c in kc)})"
+        used = res.keys[0]
+        line = f"{path} -> {out}  (key {used.label})" if used.found else f"{path} -> {out}  (no key colour found)"
         print(line + "".join(f"\n  warning: {n}" for n in notes))
     if failures:
         raise CLIError(f"{failures} of {len(files)} input(s) could not be keyed (see above)")

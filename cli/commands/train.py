@@ -33,6 +33,8 @@ def _range(text: str) -> tuple:
 
 
 def register(subparsers) -> None:
+    from ...common.keypresets import PRESET_HELP
+
     p = subparsers.add_parser(
         "train",
         help="train a green-canvas LoRA (DiffuMatting losses) on an SD1.x checkpoint",
@@ -83,7 +85,8 @@ def register(subparsers) -> None:
 
     da = p.add_argument_group("data")
     da.add_argument("--resolution", type=int, default=512, help="square training size in pixels (multiple of 8)")
-    da.add_argument("--key-colour", default="green", help="canvas colour: preset name, #RRGGBB or R,G,B")
+    da.add_argument("--key-colour", default="green",
+                    help=f"canvas colour: a preset ({PRESET_HELP}; 'green' = chroma_green), #RRGGBB or R,G,B")
     da.add_argument("--scale", type=_range, default=(0.5, 0.95), metavar="MIN,MAX",
                     help="subject's longer side as a fraction of the canvas")
     da.add_argument("--hflip", type=float, default=0.5, help="probability of a horizontal flip")
@@ -107,22 +110,17 @@ def register(subparsers) -> None:
 
 def build_dataset(args):
     """args -> a GreenDataset over every --data folder (+ --synthetic samples)."""
-    from ...common.colour import parse_key_colour
+    from ...common.keycolour import parse_key_colour
     from ...synthetic import synthetic_matte
     from ...trainer.data import DataOptions, GreenDataset, scan_folder
 
-    key = args.key_colour
-    if isinstance(key, str) and "," in key:
-        try:
-            key = [float(v) for v in key.split(",")]
-        except ValueError:
-            raise CLIError(f"--key-colour: expected a preset, #RRGGBB or R,G,B, got {args.key_colour!r}") from None
-    key = tuple(parse_key_colour(key, "--key-colour").tolist())
+    try:
+        key = parse_key_colour(args.key_colour, "--key-colour")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     suffix = args.caption_suffix
     if suffix is None:
-        from ...green_control.tokens import key_word_for
-
-        suffix = f"isolated on a pure {args.key_word or key_word_for(key)} screen background"
+        suffix = f"isolated on a pure {args.key_word or key.word} screen background"
     opts = DataOptions(
         resolution=args.resolution, key_colour=key, scale=tuple(args.scale), hflip=args.hflip, vflip=args.vflip,
         jitter=args.jitter, caption_suffix=suffix, caption_dropout=args.caption_dropout,

@@ -8,22 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from diffumatting.common.colour import colour_to_hex, parse_key_colour
+from diffumatting.common.keycolour import colour_to_hex, parse_key_colour
 from diffumatting.common.files import atomic_path, atomic_write_text
 from diffumatting.common.images import load_image, read_png_text, save_png
 
 
 @pytest.mark.parametrize("value, expected", [
     ("pure_green", (0, 255, 0)), ("#00ff00", (0, 255, 0)), ("0F0", (0, 255, 0)), ("#FF00FF", (255, 0, 255)),
-    ((0, 128, 255), (0, 128, 255)), ((0.0, 1.0, 0.0), (0, 255, 0)),
+    ((0, 128, 255), (0, 128, 255)), ((0.0, 1.0, 0.0), (0, 255, 0)), ("0,177,64", (0, 177, 64)),
+    ("green", (0, 177, 64)), ("chroma green #00B140", (0, 177, 64)), ("chroma_blue", (0, 71, 187)),
 ])
 def test_parse_key_colour(value, expected):
-    rgb = parse_key_colour(value)
+    rgb = parse_key_colour(value).tensor()
     assert rgb.shape == (3,) and rgb.dtype == torch.float32
     assert torch.allclose(rgb * 255, torch.tensor(expected, dtype=torch.float32), atol=0.5)
 
 
-@pytest.mark.parametrize("bad", ["chartreuse-ish", "#12345", (1, 2), (300, 0, 0), None])
+@pytest.mark.parametrize("bad", ["chartreuse-ish", "#12345", (1, 2), (300, 0, 0), None, "0,x,1", "auto"])
 def test_parse_key_colour_rejects_with_a_named_error(bad):
     with pytest.raises(ValueError, match="key_colour"):
         parse_key_colour(bad)

@@ -12,7 +12,8 @@ from diffumatting.green_control.anchor import (
     schedule_progress,
     strength_schedule,
 )
-from diffumatting.green_control.tokens import find_word_positions, key_word_for, token_matches
+from diffumatting.common.keycolour import colour_word, parse_key_colour
+from diffumatting.green_control.tokens import find_word_positions, token_matches
 
 
 def _latents(b=2, seed=0):
@@ -145,8 +146,12 @@ def test_token_matching_rules_and_missing_word():
         find_word_positions(_chunks([320]), VOCAB, " ")
 
 
-def test_key_word_for_colours():
-    assert key_word_for([0.0, 177 / 255, 64 / 255]) == "green"
-    assert key_word_for([0.0, 1.0, 0.0]) == "green"
-    assert key_word_for([0.0, 71 / 255, 187 / 255]) == "blue"
-    assert key_word_for([1.0, 0.0, 1.0]) == "magenta"
+def test_key_colour_words():
+    """The prompt word of every preset is the colour a user would name it with."""
+    assert colour_word([0.0, 177 / 255, 64 / 255]) == "green"
+    assert colour_word([0.0, 1.0, 0.0]) == "green"
+    assert colour_word([0.0, 71 / 255, 187 / 255]) == "blue"
+    assert colour_word([1.0, 0.0, 1.0]) == "magenta"
+    words = {p: parse_key_colour(p).word for p in ("chroma_green", "pure_green", "chroma_blue", "pure_blue", "magenta")}
+    assert words == {"chroma_green": "green", "pure_green": "green", "chroma_blue": "blue", "pure_blue": "blue",
+                     "magenta": "magenta"}

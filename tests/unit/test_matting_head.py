@@ -218,7 +218,8 @@ def test_keyer_on_known_screen():
     grey = torch.tensor([0.4, 0.4, 0.4])[:, None, None]  # d(grey) = 0: a 50 % mix is half way in d
     img[:, :, 8:24, 4:8] = 0.5 * grey + 0.5 * torch.tensor([0.0, 1.0, 0.0])[:, None, None]
     key = estimate_key(img)
-    assert torch.allclose(key, torch.tensor([[0.0, 1.0, 0.0]]))
+    assert len(key) == 1 and key[0].source == "estimated"
+    assert torch.allclose(key[0].tensor(), torch.tensor([0.0, 1.0, 0.0]))
     a = colour_difference_alpha(img, key)
     assert a[0, 0, 0, 0] == 0 and a[0, 0, 16, 16] == 1
     assert 0.4 < a[0, 0, 16, 5] < 0.6

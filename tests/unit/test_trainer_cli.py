@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from diffumatting.cli import build_parser, main
 
@@ -54,9 +55,7 @@ def test_dataset_from_folder_plus_synthetic(tmp_path):
     assert len(ds) == 5
     item = ds[4]
     assert item["image"].shape == (3, 64, 64)
-    from diffumatting.common.colour import parse_key_colour
-
-    assert ds.key.tolist() == parse_key_colour("blue").tolist()
+    assert ds.key_colour.preset == "chroma_blue" and torch.equal(ds.key, ds.key_colour.tensor())
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
