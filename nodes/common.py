@@ -12,8 +12,77 @@ CATEGORY = "DiffuMatting"
 MattingHead = io.Custom("DIFFUMATTING_HEAD")
 # The key colour a canvas was painted / keyed with: a tuple of common.keycolour.KeyColour, one for the whole batch or
 # one per image. GreenControl(Sampler) output the colour they anchored to; MattingHeadDecode, GreenPost and
-# SaveMattingDataset take it as an optional input that wins over their own key-colour widget.
+# SaveMattingDataset take it as an optional input ("key") that wins over their own key-colour widget, and output the
+# colours they keyed with. DiffuMattingKeyColour makes one from a preset, a hex colour or an image.
 KeyColourSocket = io.Custom("DIFFUMATTING_KEY_COLOUR")
+CUSTOM_HEX = "custom hex"
+
+
+def key_colour_options(auto: bool = True, custom: bool = True) -> list[str]:
+    """The key-colour combo: ["auto"], the presets as they say what they are ("chroma green #00B140"),
+    ["custom hex"]."""
+    from ..common.keypresets import AUTO, PRESET_LABELS
+
+    return [AUTO] * auto + list(PRESET_LABELS.values()) + [CUSTOM_HEX] * custom
+
+
+def preset_label(preset: str) -> str:
+    from ..common.keypresets import PRESET_LABELS
+
+    return PRESET_LABELS[preset]
+
+
+def check_key_widget(value, auto: bool = True, custom: bool = True, name: str = "key_colour") -> bool | str:
+    """``validate_inputs`` for a key-colour combo: any option, and what older workflows stored there (a preset id or
+    alias such as "green", a hex colour) -> True, or the error message."""
+    from ..common.keycolour import AUTO, parse_key_colour
+
+    if value is None or value in key_colour_options(auto, custom):  # None: the widget is linked
+        return True
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return True if auto else f"{name}: 'auto' is not possible here; pick a preset"
+    try:
+        parse_key_colour(value, name)
+    except ValueError as exc:
+        return str(exc)
+    return True
+
+
+def widget_key(value: str, hex_value: str | None = None, name: str = "key_colour"):
+    """A key-colour widget (+ its hex field) -> a KeyColour, or "auto"."""
+    from ..common.keycolour import AUTO, parse_key_colour
+
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if value == CUSTOM_HEX:
+        return parse_key_colour(hex_value or "", "key_hex")
+    return parse_key_colour(value, name)
+
+
+def socket_keys(value, batch: int, name: str = "key") -> list:
+    """What came in on a key-colour socket -> ``batch`` KeyColours (one for all images, or one per image)."""
+    from ..common.keycolour import KeyColour
+
+    keys = [value] if isinstance(value, KeyColour) else list(value) if isinstance(value, (list, tuple)) else None
+    if not keys or not all(isinstance(k, KeyColour) for k in keys):
+        raise ValueError(f"{name}: expected a key colour (DIFFUMATTING_KEY_COLOUR), got {type(value).__name__}")
+    if len(keys) not in (1, batch):
+        raise ValueError(f"{name}: {len(keys)} key colours for a batch of {batch} images (expected 1 or {batch})")
+    return keys * batch if len(keys) == 1 else keys
+
+
+def key_socket_input(tooltip: str):
+    return KeyColourSocket.Input("key", optional=True, tooltip=tooltip)
+
+
+def key_socket_output(tooltip: str):
+    return KeyColourSocket.Output("key", display_name="key", tooltip=tooltip)
+
+
+def key_summary(keys) -> str:
+    """KeyColours -> one short line for a preview ("chroma green #00B140", or "2 key colours: ...")."""
+    labels = list(dict.fromkeys(k.label for k in keys))
+    return labels[0] if len(labels) == 1 else f"{len(labels)} key colours: " + ", ".join(labels[:4])
 
 
 def category(sub: str) -> str:

@@ -7,18 +7,19 @@ import os
 import torch
 from comfy_api.latest import io, ui
 
-from ..common.colour import parse_key_colour
+from ..common.keycolour import AUTO, resolve_key_colours
 from ..dataset import MattingDatasetWriter, QualityThresholds
-from .common import category, image_to_bchw, mask_to_b1hw
+from .common import (category, check_key_widget, image_to_bchw, key_colour_options, key_socket_input, mask_to_b1hw,
+                     socket_keys, widget_key)
 
 
-def resolve_key_colour(value: str, image: torch.Tensor) -> torch.Tensor:
-    """'auto' (estimated per image from the picture) or a preset / hex -> [B,3] in [0,1]; image: [B,3,H,W]."""
-    if str(value).strip().lower() == "auto":
-        from ..greenpost import estimate_key_colour
-
-        return estimate_key_colour(image).reshape(-1, 3).float().cpu()
-    return parse_key_colour(value, name="key_colour").reshape(1, 3).expand(image.shape[0], 3)
+def dataset_keys(key_colour: str, image: torch.Tensor, key=None) -> list:
+    """The connected key (1 or B KeyColours), else the widget's: 'auto' (estimated per image from the picture) or a
+    preset -> B KeyColours; image: [B,3,H,W]."""
+    if key is not None:
+        return socket_keys(key, image.shape[0])
+    value = widget_key(key_colour)
+    return resolve_key_colours(value, image)
 
 
 def dataset_root(folder: str) -> str:
@@ -58,9 +59,9 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="The seed that made the sample (stored in metadata.jsonl only)."),
                 io.String.Input("model", default="", tooltip="The checkpoint name (stored in metadata.jsonl only)."),
-                io.String.Input("key_colour", default="auto",
-                                tooltip="The canvas colour: 'auto' (estimated from the image), a preset (green, "
-                                "pure_green, blue, ...) or a hex colour like #00FF00."),
+                io.Combo.Input("key_colour", options=key_colour_options(custom=False), default=AUTO,
+                               tooltip="The canvas colour for the key-residue check and metadata.jsonl: 'auto' "
+                               "(estimated from the image) or a preset. A connected 'key' wins."),
                 io.Combo.Input("alpha_bits", options=["8", "16"], default="8", tooltip="Bit depth of alpha/*.png."),
                 io.Boolean.Input("quality_gate", default=True,
                                  tooltip="Reject bad samples (they are counted in rejected.jsonl, not written)."),
@@ -74,6 +75,8 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
                                tooltip="Largest mean alpha (above: the object fills the frame)."),
                 io.Int.Input("trimap_radius", default=10, min=0, max=256,
                              tooltip="Half width in pixels of the unknown band of trimap/*.png."),
+                key_socket_input("Optional key colour of each image (GreenPost / MattingHeadDecode 'key': the "
+                                 "colour it was keyed against); wins over key_colour."),
             ],
             outputs=[
                 io.Int.Output(display_name="accepted", tooltip="Samples of this batch written to the data set."),
@@ -85,9 +88,13 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, key_colour) -> bool | str:
+        return check_key_widget(key_colour, custom=False)
+
+    @classmethod
     def execute(cls, image, fg, alpha, folder="diffumatting_dataset", name="", prompt="", seed=0, model="",
                 key_colour="auto", alpha_bits="8", quality_gate=True, max_key_residue=0.01, max_border_alpha=0.02,
-                min_coverage=0.01, max_coverage=0.9, trimap_radius=10) -> io.NodeOutput:
+                min_coverage=0.01, max_coverage=0.9, trimap_radius=10, key=None) -> io.NodeOutput:
         img = image_to_bchw(image, "image")[:, :3].cpu()
         colour = image_to_bchw(fg, "fg")[:, :3].cpu()
         a = mask_to_b1hw(alpha, "alpha").cpu()
@@ -99,7 +106,7 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
                              f"{tuple(a.shape[-2:])}: height and width must match")
         if min_coverage > max_coverage:
             raise ValueError(f"min_coverage ({min_coverage}) must not exceed max_coverage ({max_coverage})")
-        keys = resolve_key_colour(key_colour, t["image"])
+        keys = dataset_keys(key_colour, t["image"], key)
         thresholds = QualityThresholds(max_key_residue=max_key_residue, max_border_alpha=max_border_alpha,
                                        min_coverage=min_coverage, max_coverage=max_coverage)
         writer = MattingDatasetWriter(dataset_root(folder), alpha_bits=int(alpha_bits), thresholds=thresholds,

@@ -19,12 +19,13 @@ import weakref
 import torch
 from comfy_api.latest import io, ui
 
-from ..common.colour import KEY_PRESETS, parse_key_colour
+from ..common.keycolour import KeyColour, parse_key_colour
 from ..green_control.anchor import anchor_x0, green_latent, strength_schedule
 from ..green_control.attention import cross_attention_probs
 from ..green_control.mask import aggregate_attention, background_mask
-from ..green_control.tokens import KEY_WORDS, find_word_positions, flatten_ids, token_matches
-from .common import category
+from ..green_control.tokens import find_word_positions, flatten_ids, token_matches
+from .common import (category, check_key_widget, key_colour_options, key_socket_input, key_socket_output, preset_label,
+                     socket_keys)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ WRAPPER_KEY = "diffumatting_green"
 DEFAULT_SUFFIX = "isolated on a pure green screen background"
 DEFAULT_NEGATIVE_SUFFIX = "shadow, floor, reflection, gradient background"
 RECORD_LEVELS = (2, 4)  # record blocks at 1/2 and 1/4 of the latent size (1/16 and 1/32 of the image)
-KEY_CHOICES = list(KEY_PRESETS)
+KEY_CHOICES = key_colour_options(auto=False, custom=False)
+DEFAULT_KEY = preset_label("chroma_green")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,8 +245,10 @@ def key_token_positions(clip, positive: str, suffix: str, word: str) -> tuple[li
 _GREEN_LATENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def vae_key_latent(vae, rgb: torch.Tensor) -> torch.Tensor:
-    """VAE + key colour [3] -> latent [1,C,1,1] (VAE space), computed once per VAE and colour."""
+def vae_key_latent(vae, rgb) -> torch.Tensor:
+    """VAE + key colour (a KeyColour or [3] in [0,1]) -> latent [1,C,1,1] (VAE space), once per VAE and colour."""
+    if isinstance(rgb, KeyColour):
+        rgb = rgb.tensor()
     cache = _GREEN_LATENTS.setdefault(vae, {})
     key = tuple(round(float(v), 5) for v in rgb)
     if key not in cache:
@@ -265,15 +269,21 @@ def _encode(clip, tokens):
 
 def apply_green_control(model, clip, vae, subject, negative, key_colour, strength, schedule_end, suffix,
                         negative_suffix, threshold, softness, x0_prior):
-    """Shared by both nodes -> (patched MODEL, positive, negative, MaskSink, positive prompt)."""
-    if key_colour not in KEY_PRESETS:
-        raise ValueError(f"key_colour: expected one of {', '.join(KEY_CHOICES)}, got {key_colour!r}")
+    """Shared by both nodes -> (patched MODEL, positive, negative, MaskSink, positive prompt, KeyColour).
+
+    ``key_colour``: a KeyColour (a connected key) or the widget's preset label / id / alias."""
+    if not isinstance(key_colour, KeyColour):
+        if not isinstance(key_colour, str) or check_key_widget(key_colour, auto=False, custom=False) is not True:
+            raise ValueError(f"key_colour: expected one of {', '.join(KEY_CHOICES)}, got {key_colour!r}")
+        key_colour = parse_key_colour(key_colour)
+    if not key_colour.usable:
+        raise ValueError(f"key: {key_colour.label} is too close to grey to paint a key-colour canvas with")
     if not 0.0 <= strength:
         raise ValueError(f"strength: expected a value >= 0, got {strength}")
     if softness <= 0:
         raise ValueError(f"softness: expected a positive ramp width, got {softness}")
-    rgb = parse_key_colour(key_colour)
-    word = KEY_WORDS[key_colour]
+    rgb = key_colour.tensor()
+    word = key_colour.word
     positive_text, negative_text = build_prompts(subject, negative, suffix, negative_suffix, word)
     suffix_used = build_prompts("", "", suffix, "", word)[0]
     positions, tokens = key_token_positions(clip, positive_text, suffix_used, word)
@@ -289,7 +299,18 @@ def apply_green_control(model, clip, vae, subject, negative, key_colour, strengt
                          f"{latent_format.latent_channels}; use the VAE that belongs to the checkpoint")
     z_model = latent_format.process_in(z_vae.clone())
     config = GreenConfig(positions, cond_len, z_model, strength, schedule_end, threshold, softness, x0_prior)
-    return patch_model(model, config), positive, negative_cond, config.sink, positive_text
+    return patch_model(model, config), positive, negative_cond, config.sink, positive_text, key_colour
+
+
+def _node_key(key_colour, key):
+    """The connected key (one colour for the whole canvas) wins over the widget."""
+    if key is None:
+        return key_colour
+    keys = socket_keys(key, 1) if isinstance(key, KeyColour) or len(key) == 1 else list(key)
+    if len({k.rgb for k in keys}) != 1:
+        raise ValueError(f"key: GreenControl paints one canvas colour, got {len(set(k.rgb for k in keys))} different "
+                         "key colours")
+    return keys[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,10 +323,10 @@ def _common_inputs():
                         tooltip="What to paint. The prompt is '<subject>, <suffix>'."),
         io.String.Input("negative", multiline=True, default="",
                         tooltip="Negative prompt; the negative suffix is appended to it."),
-        io.Combo.Input("key_colour", options=KEY_CHOICES, default="green",
+        io.Combo.Input("key_colour", options=KEY_CHOICES, default=DEFAULT_KEY,
                        tooltip="Canvas colour. Its colour word (green/blue/magenta) replaces 'green' in the suffix "
-                               "and is the token whose attention gives the background mask. Use blue or magenta "
-                               "for green subjects."),
+                               "and is the token whose attention gives the background mask. Use a blue or magenta "
+                               "key for green subjects. A connected 'key' wins."),
         io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.01,
                        tooltip="How hard the predicted clean latent is pulled to the key-colour latent on the "
                                "background (0 = off, 1 = replaced)."),
@@ -330,7 +351,13 @@ def _advanced_inputs():
                        tooltip="If > 0, the mask is also weighted by exp(-||x0 - green||^2 / s^2) with this s "
                                "(model-space latent distance): only pixels already near the key colour are pulled. "
                                "0 = off."),
+        key_socket_input("Optional canvas colour (e.g. from KeyColour, for a custom hex colour); wins over "
+                         "key_colour. Its colour word is used in the prompt."),
     ]
+
+
+KEY_OUTPUT_TOOLTIP = ("The key colour the canvas was painted with: connect it to MattingHeadDecode / GreenPost "
+                      "'key' so they key against exactly this colour.")
 
 
 def _advanced_values(kwargs):
@@ -366,14 +393,20 @@ class DiffuMattingGreenControl(io.ComfyNode):
                 io.Model.Output(display_name="model", tooltip="The patched model, for any sampler node."),
                 io.Conditioning.Output(display_name="positive", tooltip="'<subject>, <suffix>' encoded."),
                 io.Conditioning.Output(display_name="negative", tooltip="Negative prompt + negative suffix encoded."),
+                key_socket_output(KEY_OUTPUT_TOOLTIP),
             ],
         )
 
     @classmethod
+    def validate_inputs(cls, key_colour) -> bool | str:
+        return check_key_widget(key_colour, auto=False, custom=False)
+
+    @classmethod
     def execute(cls, model, clip, vae, subject, negative, key_colour, strength, **kwargs) -> io.NodeOutput:
-        patched, positive, negative_cond, _, _ = apply_green_control(
-            model, clip, vae, subject, negative, key_colour, strength, **_advanced_values(kwargs))
-        return io.NodeOutput(patched, positive, negative_cond)
+        patched, positive, negative_cond, _, _, used = apply_green_control(
+            model, clip, vae, subject, negative, _node_key(key_colour, kwargs.get("key")), strength,
+            **_advanced_values(kwargs))
+        return io.NodeOutput(patched, positive, negative_cond, (used,))
 
 
 class DiffuMattingGreenControlSampler(io.ComfyNode):
@@ -412,8 +445,13 @@ class DiffuMattingGreenControlSampler(io.ComfyNode):
                 io.Mask.Output(display_name="background_mask",
                                tooltip="The last step's background mask per image, at image size "
                                        "(ComfyUI mask polarity: 1 = background / transparent, 0 = subject)."),
+                key_socket_output(KEY_OUTPUT_TOOLTIP),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, key_colour) -> bool | str:
+        return check_key_widget(key_colour, auto=False, custom=False)
 
     @classmethod
     def execute(cls, model, clip, vae, subject, negative, key_colour, strength, seed, steps, cfg, sampler_name,
@@ -421,8 +459,9 @@ class DiffuMattingGreenControlSampler(io.ComfyNode):
         import comfy.model_management as mm
         import nodes as comfy_nodes  # ComfyUI's top-level nodes module (the pack's own is imported relatively)
 
-        patched, positive, negative_cond, sink, _ = apply_green_control(
-            model, clip, vae, subject, negative, key_colour, strength, **_advanced_values(kwargs))
+        patched, positive, negative_cond, sink, _, used = apply_green_control(
+            model, clip, vae, subject, negative, _node_key(key_colour, kwargs.get("key")), strength,
+            **_advanced_values(kwargs))
         channels = model.get_model_object("latent_format").latent_channels
         latent = torch.zeros([batch_size, channels, height // 8, width // 8], device=mm.intermediate_device())
         out = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive,
@@ -433,7 +472,7 @@ class DiffuMattingGreenControlSampler(io.ComfyNode):
         mask = torch.nn.functional.interpolate(sink.last_mask, size=(height // 8 * 8, width // 8 * 8),
                                                mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
         mask = mask.to(mm.intermediate_device())
-        return io.NodeOutput(out, mask, ui=ui.PreviewMask(mask, cls=cls))
+        return io.NodeOutput(out, mask, (used,), ui=ui.PreviewMask(mask, cls=cls))
 
 
 NODES = [DiffuMattingGreenControl, DiffuMattingGreenControlSampler]

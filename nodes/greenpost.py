@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..common.colour import KEY_PRESETS
-from ..greenpost import green_post, resolve_key_colour
-from .common import category, check_interrupted, intermediate_device, to_image, to_mask
+from ..common.keycolour import AUTO, resolve_key_colours
+from ..greenpost import green_post
+from .common import (category, check_interrupted, check_key_widget, intermediate_device, key_colour_options,
+                     key_socket_input, key_socket_output, socket_keys, to_image, to_mask, widget_key)
 
-KEY_CHOICES = ["auto", *KEY_PRESETS, "custom hex"]
 CHUNK = 4  # frames keyed at a time (bounded memory for long 4K batches)
 
 
@@ -29,9 +29,9 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                "frames work."),
                 io.Mask.Input("alpha", optional=True, tooltip="Optional alpha to keep, 1 = opaque (e.g. "
                               "MattingHeadDecode 'alpha'). Not a ComfyUI mask: LoadImage's mask is 1 = transparent."),
-                io.Combo.Input("key_colour", options=KEY_CHOICES, default="auto",
-                               tooltip="The canvas colour: 'auto' estimates it from the image; presets; or "
-                               "'custom hex' to use the hex field."),
+                io.Combo.Input("key_colour", options=key_colour_options(), default=AUTO,
+                               tooltip="The canvas colour: 'auto' estimates it from the image; a preset (its hex "
+                               "value is shown); or 'custom hex' to use the hex field. A connected 'key' wins."),
                 io.String.Input("key_hex", default="#00B140", tooltip="Key colour as #RRGGBB, used when key_colour "
                                 "is 'custom hex'."),
                 io.Boolean.Input("share_key_across_batch", default=True, tooltip="Estimate one key colour for the "
@@ -52,6 +52,8 @@ class DiffuMattingGreenPost(io.ComfyNode):
                 io.Boolean.Input("high_quality", default=False, tooltip="Also refine at a second, coarser scale "
                                  "and average the two (a little slower; slightly lower error on the keying benchmark, "
                                  "mostly on wide soft edges)."),
+                key_socket_input("Optional key colour to key against (e.g. GreenControlSampler's 'key': the "
+                                 "colour the canvas was painted with); wins over key_colour / key_hex."),
             ],
             outputs=[
                 io.Image.Output("fg", display_name="fg", tooltip="Straight (not premultiplied) foreground RGB."),
@@ -62,12 +64,18 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                 "(1 = opaque)."),
                 io.Mask.Output("spill", display_name="spill", tooltip="Spill map: how much key colour was removed "
                                "from each pixel, 0..1."),
+                key_socket_output("The key colour of each image as keyed (estimated, given or connected), for "
+                                  "SaveMattingDataset or another keyer."),
             ],
         )
 
     @classmethod
+    def validate_inputs(cls, key_colour) -> bool | str:
+        return check_key_widget(key_colour)
+
+    @classmethod
     def execute(cls, image, key_colour, key_hex, share_key_across_batch, clip_black, clip_white, despill,
-                preserve_luminance, refine_radius, high_quality, alpha=None) -> io.NodeOutput:
+                preserve_luminance, refine_radius, high_quality, alpha=None, key=None) -> io.NodeOutput:
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"image: expected an IMAGE [B,H,W,3], got {shape}")
@@ -85,29 +93,30 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                  f"{tuple(x.shape[-2:])}")
             if a.shape[0] not in (1, x.shape[0]):
                 raise ValueError(f"alpha: batch of {a.shape[0]} masks for {x.shape[0]} images")
-        key = key_hex if key_colour == "custom hex" else key_colour
+        # the connected key, else the widget's: a KeyColour, or "auto" (estimated per chunk's image)
+        keys = socket_keys(key, x.shape[0]) if key is not None else widget_key(key_colour, key_hex)
         device = intermediate_device()
         x = x.to(device)
-        keys = key  # a preset / hex, or "auto" estimated per chunk's image
         if grey:
-            keys = "green"
-        elif key == "auto" and share_key_across_batch and x.shape[0] > 1:
-            shared, found = resolve_key_colour("auto", x, share=True, return_found=True)  # one colour for all frames
-            keys = shared if bool(found.all()) else "auto"
+            keys = "chroma_green"  # no key colour in grey: GreenPost returns it opaque whatever the key
+        elif keys == AUTO and share_key_across_batch and x.shape[0] > 1:
+            shared = resolve_key_colours(AUTO, x, share=True)  # one colour for all frames
+            keys = shared if all(k.found for k in shared) else AUTO
         outs = []
         for i in range(0, x.shape[0], CHUNK):
             check_interrupted()
             ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + CHUNK]).to(device)
             xi = x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK]
-            ki = keys[i : i + CHUNK] if isinstance(keys, torch.Tensor) else keys
+            ki = keys[i : i + CHUNK] if isinstance(keys, list) else keys
             outs.append(green_post(xi, alpha=ai, key_colour=ki, high_quality=high_quality, black=clip_black,
                                    white=clip_white, despill=despill, luma_preserve=preserve_luminance,
                                    refine_radius=refine_radius))
         fg = torch.cat([r.fg for r in outs])
         al = torch.cat([r.alpha for r in outs])
         spill = torch.cat([r.spill for r in outs])
+        used = tuple(k for r in outs for k in r.keys)
         return io.NodeOutput(to_image(fg), to_mask(al), to_mask(1.0 - al), to_image(torch.cat([fg, al], dim=1)),
-                             to_mask(spill))
+                             to_mask(spill), used)
 
 
 NODES = [DiffuMattingGreenPost]

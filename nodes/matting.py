@@ -7,7 +7,9 @@ import os
 import torch
 from comfy_api.latest import io
 
-from .common import MattingHead, category, check_interrupted, intermediate_device, progress_bar
+from .common import (MattingHead, category, check_interrupted, check_key_widget, intermediate_device,
+                     key_colour_options, key_socket_input, key_socket_output, preset_label, progress_bar, socket_keys,
+                     widget_key)
 
 FOLDER = "diffumatting"
 NONE = "none"
@@ -128,14 +130,6 @@ class DiffuMattingLoader(io.ComfyNode):
         return io.NodeOutput(head, model)
 
 
-def _parse_key(key_colour: str):
-    if key_colour.strip().lower() == "auto":
-        return None
-    from ..common.colour import parse_key_colour
-
-    return parse_key_colour(key_colour, name="key_colour")
-
-
 class DiffuMattingMattingHeadDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -149,10 +143,11 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                 io.Latent.Input("samples", tooltip="The latent to decode (e.g. from a KSampler)."),
                 io.Vae.Input("vae", tooltip="The VAE whose decoder the head was trained on."),
                 MattingHead.Input("head", tooltip="A matting head from DiffuMattingLoader."),
-                io.String.Input("key_colour", default="pure_green",
-                                tooltip="Canvas colour the latent was generated on: a preset (pure_green = #00FF00, "
-                                "the DiffuMatting canvas; green, blue, ...), #RRGGBB, or auto (estimated from the "
-                                "decoded image's border; heads are trained with the nominal canvas colour)."),
+                io.Combo.Input("key_colour", options=key_colour_options(custom=False),
+                               default=preset_label("pure_green"),
+                               tooltip="Canvas colour the latent was generated on, or auto (estimated from the "
+                               "decoded image's border). Heads are trained with the nominal canvas colour: connect "
+                               "GreenControlSampler's 'key' to 'key' to use exactly the colour it painted."),
                 io.Boolean.Input("tiled", default=False,
                                  tooltip="Decode in tiles (for large images or little memory); tiles are blended "
                                  "over the overlap."),
@@ -160,6 +155,8 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                              tooltip="Tile size in pixels (tiled mode)."),
                 io.Int.Input("overlap", default=128, min=32, max=1024, step=32,
                              tooltip="Overlap between tiles in pixels (tiled mode)."),
+                key_socket_input("Optional key colour of the canvas (GreenControl / GreenControlSampler 'key', or "
+                                 "KeyColour); wins over key_colour."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The decoded image (as VAEDecode gives it)."),
@@ -168,11 +165,17 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                 io.Mask.Output(display_name="mask",
                                tooltip="ComfyUI mask polarity: 1 = transparent background (= 1 - alpha), as "
                                "LoadImage and JoinImageWithAlpha use."),
+                key_socket_output("The key colour of each image the head keyed with (given, connected or "
+                                  "estimated), for GreenPost and SaveMattingDataset."),
             ],
         )
 
     @classmethod
-    def execute(cls, samples, vae, head, key_colour="pure_green", tiled=False, tile_size=512, overlap=128):
+    def validate_inputs(cls, key_colour) -> bool | str:
+        return check_key_widget(key_colour, custom=False)
+
+    @classmethod
+    def execute(cls, samples, vae, head, key_colour="pure_green", tiled=False, tile_size=512, overlap=128, key=None):
         import comfy.model_management as mm
 
         from ..matting_head.decode import count_tiles, decode_with_head
@@ -187,7 +190,8 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
         spec = tap_spec(vae.first_stage_model)
         check_compatible(head.info, spec.info())
-        key = _parse_key(key_colour)
+        keys = socket_keys(key, z.shape[0]) if key is not None else widget_key(key_colour)
+        keys = None if isinstance(keys, str) else keys if isinstance(keys, list) else [keys] * z.shape[0]  # None: auto
         scale = int(getattr(vae, "upscale_ratio", 8)) if isinstance(getattr(vae, "upscale_ratio", 8), int) else 8
         tile = max(1, tile_size // scale) if tiled else 0
         ov = overlap // scale
@@ -211,18 +215,20 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         n_tiles = count_tiles(h, w, tile, ov) * z.shape[0]
         pbar = progress_bar(n_tiles)
         outs = {"image": [], "alpha": [], "fg": []}
-        k = None if key is None else key.to(device)
+        used = []
         for i in range(0, z.shape[0], chunk):
             check_interrupted()
+            k = None if keys is None else keys[i:i + chunk]
             res = decode_with_head(decode_fn, spec, model_head, z[i:i + chunk].to(device), key=k, tile=tile,
                                    overlap=ov, scale=scale, check_interrupt=check_interrupted,
                                    on_tile=lambda: pbar.update(1))
             for name in outs:
                 outs[name].append(res[name].float().to(intermediate_device()))
+            used.extend(res["keys"])
         image = torch.cat(outs["image"]).movedim(1, -1).contiguous()
         fg = torch.cat(outs["fg"]).movedim(1, -1).contiguous()
         alpha = torch.cat(outs["alpha"])[:, 0].contiguous()
-        return io.NodeOutput(image, alpha, fg, 1.0 - alpha)
+        return io.NodeOutput(image, alpha, fg, 1.0 - alpha, tuple(used))
 
 
 NODES = [DiffuMattingLoader, DiffuMattingMattingHeadDecode]

@@ -159,9 +159,10 @@ def test_missing_key_word_is_a_clear_error(gc, tiny_sd15):
 
 def test_blue_key_rewrites_suffix(gc, tiny_sd15):
     m = tiny_sd15
-    _, _, _, _, text = gc.apply_green_control(m.model, m.clip, m.vae, "a frog", "", "blue", 0.5, 0.7,
+    _, _, _, _, text, key = gc.apply_green_control(m.model, m.clip, m.vae, "a frog", "", "blue", 0.5, 0.7,
                                               gc.DEFAULT_SUFFIX, "", 0.3, 0.3, 0.0)
     assert text == "a frog, isolated on a pure blue screen background"
+    assert key.preset == "chroma_blue" and key.word == "blue"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def test_interrupted_run_leaves_the_model_reusable(gc, tiny_sd15):
     import comfy.sample
 
     m = tiny_sd15
-    patched, pos, neg, sink, _ = gc.apply_green_control(m.model, m.clip, m.vae, "a red apple", "", "green", 0.8, 0.7,
+    patched, pos, neg, sink, _, _ = gc.apply_green_control(m.model, m.clip, m.vae, "a red apple", "", "green", 0.8, 0.7,
                                                         gc.DEFAULT_SUFFIX, "", 0.3, 0.3, 0.0)
     latent = torch.zeros(1, 4, 8, 8)
     noise = comfy.sample.prepare_noise(latent, 0)
@@ -439,6 +440,29 @@ def test_green_control_sampler_node(gc, run_prompt):
     assert (mask > 0.5).any() and (mask < 0.5).any()
     ui_outputs = out["_history"]["outputs"].get("gs", {})
     assert ui_outputs.get("images"), f"no mask preview in the UI outputs: {ui_outputs}"
+
+
+def test_green_control_outputs_the_key_it_painted_and_takes_a_connected_one(gc, run_prompt):
+    """The 'key' output is the KeyColour the canvas was anchored to; a connected key (here a custom hex from the
+    KeyColour node) wins over the widget, its colour word goes into the prompt and its latent is the anchor."""
+    def prompt(key_colour, key=None):
+        inputs = {"model": ["m", 0], "clip": ["m", 1], "vae": ["m", 2], "subject": "a red apple", "negative": "",
+                  "key_colour": key_colour, "strength": 0.8, "seed": 7, "steps": 1, "cfg": 5.0,
+                  "sampler_name": "euler", "scheduler": "normal", "width": 64, "height": 64, "batch_size": 1}
+        if key is not None:
+            inputs["key"] = key
+        return {"m": {"class_type": "DMTestTinyModels", "inputs": {"family": "sd15"}},
+                "kc": {"class_type": "DiffuMattingKeyColour", "inputs": {"key_colour": "custom hex",
+                                                                         "key_hex": "#1040C0"}},
+                "gs": {"class_type": "DiffuMattingGreenControlSampler", "inputs": inputs}} | capture(key=("gs", 2))
+
+    out = run_prompt(prompt("chroma blue #0047BB"))
+    assert len(out["key"]) == 1 and out["key"][0].preset == "chroma_blue"
+    out = run_prompt(prompt("green", key=["kc", 0]))  # an older value in the widget, and a connected key
+    assert out["key"][0].hex == "#1040c0" and out["key"][0].word == "blue"
+    options = gc.DiffuMattingGreenControl.INPUT_TYPES()["required"]["key_colour"][1]["options"]
+    assert "auto" not in options and "chroma green #00B140" in options
+    assert gc.DEFAULT_KEY == "chroma green #00B140"
 
 
 # ----------------------------------------------------------------------------------------------------------------

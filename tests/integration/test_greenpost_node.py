@@ -29,8 +29,8 @@ def test_node_is_registered_with_its_schema(comfy):
     cls = comfy.node_classes["DiffuMattingGreenPost"]
     info = cls.INPUT_TYPES()
     assert {"image", "key_colour", "despill"} <= set(info["required"]) and "alpha" in info["optional"]
-    assert tuple(cls.RETURN_NAMES) == ("fg", "alpha", "mask", "rgba", "spill")
-    assert tuple(cls.RETURN_TYPES) == ("IMAGE", "MASK", "MASK", "IMAGE", "MASK")
+    assert tuple(cls.RETURN_NAMES) == ("fg", "alpha", "mask", "rgba", "spill", "key")
+    assert tuple(cls.RETURN_TYPES) == ("IMAGE", "MASK", "MASK", "IMAGE", "MASK", "DIFFUMATTING_KEY_COLOUR")
     assert cls.CATEGORY == "DiffuMatting/keying"
     for name, value in DEFAULTS.items():  # the prompts below use the node's own defaults
         assert info["required"][name][1].get("default") == value, name
@@ -83,3 +83,58 @@ def test_node_with_an_image_without_key_colour_gives_opaque(comfy, run_prompt):
     out = run_prompt(prompt)
     assert torch.isfinite(out["alpha"]).all() and out["alpha"].min() == 1.0
     assert torch.allclose(out["fg"], out["image"])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the key colour: presets that say what they are, older values, the socket in and out
+
+
+def _keycolour(node_id, key_colour, key_hex="#00B140", image=None):
+    inputs = {"key_colour": key_colour, "key_hex": key_hex}
+    if image is not None:
+        inputs["image"] = image
+    return {node_id: {"class_type": "DiffuMattingKeyColour", "inputs": inputs}}
+
+
+def test_key_combo_shows_what_each_preset_is(comfy):
+    options = comfy.node_classes["DiffuMattingGreenPost"].INPUT_TYPES()["required"]["key_colour"][1]["options"]
+    assert options[0] == "auto" and options[-1] == "custom hex"
+    assert "chroma green #00B140" in options and "pure green #00FF00" in options and "chroma blue #0047BB" in options
+
+
+def test_older_key_values_still_validate_and_mean_the_same(comfy, run_prompt):
+    """Workflows saved before the presets had labels stored "green" / a hex in key_colour: same result."""
+    outs = {}
+    for value in ("green", "chroma_green", "chroma green #00B140", "#00B140"):
+        prompt = {**_img("1"), **_greenpost("2", ["1", 0], key_colour=value), **_capture("3", ["2", 1], "alpha"),
+                  **_capture("4", ["2", 5], "key")}
+        outs[value] = run_prompt(prompt)
+    ref = outs["chroma green #00B140"]
+    assert ref["key"][0].preset == "chroma_green"
+    for value, out in outs.items():
+        assert torch.equal(out["alpha"], ref["alpha"]), value
+        assert out["key"][0].hex == "#00b140", value
+    bad = {**_img("1"), **_greenpost("2", ["1", 0], key_colour="chartreuse-ish"), **_capture("3", ["2", 1], "alpha")}
+    err = run_prompt(bad, expect_error=True)
+    assert "chartreuse-ish" in str(err)
+
+
+def test_connected_key_wins_and_the_key_output_says_what_was_used(comfy, run_prompt):
+    prompt = {**_img("1", batch=2), **_keycolour("5", "custom hex", "#00B040"),
+              **_greenpost("2", ["1", 0], key_colour="pure green #00FF00", key=["5", 0]),
+              **_greenpost("6", ["1", 0], key_colour="custom hex", key_hex="#00B040"),
+              **_greenpost("7", ["1", 0]),
+              **_capture("3", ["2", 1], "alpha"), **_capture("4", ["2", 5], "key"),
+              **_capture("8", ["6", 1], "alpha_hex"), **_capture("9", ["7", 5], "auto_key")}
+    out = run_prompt(prompt)
+    assert torch.equal(out["alpha"], out["alpha_hex"])  # the socket's colour, not the widget's pure green
+    assert [k.hex for k in out["key"]] == ["#00b040", "#00b040"] and out["key"][0].source == "hex"
+    assert len(out["auto_key"]) == 2 and all(k.source == "estimated" for k in out["auto_key"])
+
+
+def test_keycolour_node_estimates_from_an_image_and_refuses_auto_without_one(comfy, run_prompt):
+    out = run_prompt({**_img("1", batch=2), **_keycolour("2", "auto", image=["1", 0]), **_capture("3", ["2", 0], "k")})
+    assert len(out["k"]) == 2 and out["k"][0] == out["k"][1] and out["k"][0].source == "estimated"
+    assert out["k"][0].word == "green"
+    err = run_prompt({**_keycolour("2", "auto"), **_capture("3", ["2", 0], "k")}, expect_error=True)
+    assert "connect one" in err["execution_error"]["exception_message"]

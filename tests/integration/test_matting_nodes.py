@@ -34,7 +34,7 @@ def heads(comfy, tiny_sd15, tiny_sdxl):
 
 
 def decode_prompt(family: str, head_name: str, width=64, height=48, batch=2, tiled=False, tile=512, overlap=128,
-                  latent_from_image=False, key="auto"):
+                  latent_from_image=False, key="auto", key_socket=None):
     p = {"m": {"class_type": "DMTestTinyModels", "inputs": {"family": family}},
          "load": {"class_type": "DiffuMattingLoader", "inputs": {"head_name": head_name}}}
     if latent_from_image:
@@ -46,9 +46,25 @@ def decode_prompt(family: str, head_name: str, width=64, height=48, batch=2, til
     p["dec"] = {"class_type": "DiffuMattingMattingHeadDecode", "inputs": {
         "samples": ["lat", 0], "vae": ["m", 2], "head": ["load", 0], "key_colour": key, "tiled": tiled,
         "tile_size": tile, "overlap": overlap}}
-    for i, name in enumerate(("image", "alpha", "fg", "mask")):
+    if key_socket is not None:
+        p["kc"] = {"class_type": "DiffuMattingKeyColour", "inputs": {"key_colour": "custom hex", "key_hex": key_socket}}
+        p["dec"]["inputs"]["key"] = ["kc", 0]
+    for i, name in enumerate(("image", "alpha", "fg", "mask", "key")):
         p[f"cap_{name}"] = {"class_type": "DMTestCapture", "inputs": {"value": ["dec", i], "key": name}}
     return p
+
+
+def test_decode_key_socket_wins_and_the_key_output_says_what_was_used(run_prompt, heads):
+    """A connected key is what the head keys with (same alpha as the widget set to that colour); the 'key' output
+    carries it, or the estimate under 'auto', one per image."""
+    widget = run_prompt(decode_prompt("sd15", heads["sd15"], latent_from_image=True, key="#00B140"))
+    socket = run_prompt(decode_prompt("sd15", heads["sd15"], latent_from_image=True, key="pure green #00FF00",
+                                      key_socket="#00B140"))
+    assert torch.equal(widget["alpha"], socket["alpha"])
+    assert [k.hex for k in socket["key"]] == ["#00b140"] * 2 and socket["key"][0].source == "hex"
+    auto = run_prompt(decode_prompt("sd15", heads["sd15"], latent_from_image=True, key="auto"))
+    assert len(auto["key"]) == 2 and all(k.source in ("estimated", "default") for k in auto["key"])
+    assert widget["key"][0].source == "hex"  # an older workflow's hex value in the combo still works
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
@@ -233,15 +249,15 @@ def test_full_size_random_sd15_vae(run_prompt, comfy, random_sd15_checkpoint):
 def test_train_head_on_comfyui_vae(comfy, random_sd15_checkpoint, tmp_path):
     """train-head's ComfyUI backend: one step on the full-size random SD1.5 VAE; the head fits that VAE."""
     from diffumatting.cli.commands.train_head import _comfy_backend
-    from diffumatting.matting_head.procedural import procedural_matte
-    from diffumatting.matting_head.data import Pair
-    from diffumatting.matting_head.train import TrainConfig, train_head
+    from diffumatting.synthetic import synthetic_matte
+    from diffumatting.trainer.head import TrainConfig, train_head
+    from diffumatting.trainer.pairs import Pair
     from diffumatting.matting_head.weights import check_compatible, load_head
 
     ckpt = comfy.folder_paths.get_full_path("checkpoints", random_sd15_checkpoint)
     backend = _comfy_backend(ckpt)
     assert backend.info()["family"] == "autoencoderkl" and backend.info()["tap_channels"] == [512, 512, 256, 128]
-    fg, a = procedural_matte(64, 1)
+    fg, a = synthetic_matte(64, 1, "fine")
     cfg = TrainConfig(out=str(tmp_path / "kl_head.safetensors"), steps=1, batch=1, crop=64, buffer=2, buffer_init=1,
                       ckpt_every=1, head_config={"width_8": 16, "width_16": 16, "width_32": 16})
     out = train_head(backend, [Pair("blob", fg, a)], cfg, progress=False, log_fn=lambda *_: None)

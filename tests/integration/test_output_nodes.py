@@ -144,7 +144,7 @@ def test_save_matting_dataset_node(comfy, run_prompt):
     rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
     assert [r["name"] for r in rows] == ["disc_b0", "disc_b1"]
     assert rows[0]["seed"] == 42 and rows[0]["prompt"] == "a striped disc" and rows[0]["model"] == "tiny"
-    assert rows[0]["key_colour"] == "#00b040"  # estimated from the canvas
+    assert rows[0]["key_colour"] == "#00b040" and rows[0]["key_source"] == "estimated"  # from the canvas
     assert load_image(root / "alpha" / "disc_b0.png").bit_depth == 16
     # same names again (another seed, so ComfyUI's cache does not answer): skipped, nothing duplicated
     out = run_prompt(prompt("disc", "9", seed=43))
@@ -156,6 +156,27 @@ def test_save_matting_dataset_node(comfy, run_prompt):
     assert not (root / "image" / "raw.png").exists()
     assert json.loads((root / "rejected.jsonl").read_text().splitlines()[0])["name"] == "raw"
     assert json.loads((root / "stats.json").read_text())["counts"]["rejected_key_residue"] == 1
+
+
+def test_save_matting_dataset_records_the_connected_key(comfy, run_prompt):
+    """GreenPost's 'key' output into SaveMattingDataset: the row holds the colour it keyed with and how it was
+    obtained (a preset here), and the residue check used that colour."""
+    prompt = {
+        **_img("1"),
+        "k": {"class_type": "DiffuMattingGreenPost", "inputs": {
+            "image": ["1", 0], "key_colour": "chroma green #00B140", "key_hex": "#00B140",
+            "share_key_across_batch": True, "clip_black": 0.0, "clip_white": 1.0, "despill": 1.0,
+            "preserve_luminance": 0.0, "refine_radius": 4, "high_quality": False}},
+        "2": {"class_type": "DiffuMattingSaveMattingDataset",
+              "inputs": {"image": ["1", 0], "fg": ["k", 0], "alpha": ["k", 1], "key": ["k", 5], "folder": "ds_key",
+                         "name": "keyed", "prompt": "", "seed": 0, "model": "", "key_colour": "auto",
+                         "alpha_bits": "8", "quality_gate": False, "max_key_residue": 0.01,
+                         "max_border_alpha": 0.02, "min_coverage": 0.01, "max_coverage": 0.9, "trimap_radius": 4}},
+        **_capture("3", ["2", 0], "accepted"),
+    }
+    assert run_prompt(prompt)["accepted"] == 1
+    row = json.loads((_output_dir(comfy) / "ds_key" / "metadata.jsonl").read_text().splitlines()[0])
+    assert row["key_colour"] == "#00b140" and row["key_source"] == "preset" and row["key_preset"] == "chroma_green"
 
 
 def test_save_matting_dataset_refuses_outside_folder(comfy, run_prompt):
