@@ -204,19 +204,24 @@ class PromptRunner:
         return self.executor.history_result
 
 
-def load_checkpoint(path: str | os.PathLike, comfyui_path: str | os.PathLike | None = None, cpu: bool | None = None):
-    """checkpoint file -> (MODEL ModelPatcher, CLIP, VAE) with ``comfy.sd.load_checkpoint_guess_config``."""
+def load_checkpoint(path: str | os.PathLike, comfyui_path: str | os.PathLike | None = None, cpu: bool | None = None,
+                    what: str = "checkpoint"):
+    """checkpoint file -> (MODEL ModelPatcher, CLIP, VAE) with ``comfy.sd.load_checkpoint_guess_config``.
+
+    ValueError naming ``what`` and the file (one line) when ComfyUI cannot load it: a pickle ``.ckpt`` its safe
+    loader refuses, a text or truncated ``.safetensors``, an unknown model type."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint: {path} is not a file")
+        raise ValueError(f"{what}: {path} is not a file")
     comfy = import_comfy(comfyui_path, cpu=cpu)
     try:
         out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True, embedding_directory=None)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint: {path} could not be loaded by ComfyUI: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # torch's UnpicklingError, safetensors' SafetensorError, RuntimeError, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{what}: {path} could not be loaded by ComfyUI ({type(exc).__name__}: {first})") from None
     model, clip, vae = out[0], out[1], out[2]
     if model is None or clip is None or vae is None:
-        raise ValueError(f"checkpoint: {path} lacks a UNet, CLIP or VAE (the trainer needs a full SD checkpoint)")
+        raise ValueError(f"{what}: {path} lacks a UNet, CLIP or VAE (the trainer needs a full SD checkpoint)")
     return model, clip, vae
 
 

@@ -5,7 +5,7 @@
     .venv/bin/python bench/matting_head.py --no-timing          # quality only
 
 Quality: each subject's (colour, alpha) is composited onto a clean canvas (flat #00FF00) and a realistic one (a lit
-chroma-green screen: gradient, vignetting, unevenness, hue drift, noise; see matting_head/data.py green_canvas),
+chroma-green screen: gradient, vignetting, unevenness, hue drift, noise; see trainer/augment.py green_canvas),
 encoded with the TAEF2 encoder and decoded with feature taps. Rows compare, on the same decoded image, GreenPost's
 alpha (green_post on the decoded image, with the key estimated ("auto") and with the canvas's nominal key given; the
 ratio uses the better of the two), the head's alpha (nominal key, as in training), and GreenPost fed the head's alpha
@@ -49,7 +49,7 @@ def _setup(args):
     import torch
 
     from diffumatting.matting_head.taesd import load_tiny_autoencoder
-    from diffumatting.matting_head.train import TaesdBackend, check_device
+    from diffumatting.trainer.head import TaesdBackend, check_device
     from diffumatting.matting_head.weights import check_compatible, load_head
 
     if args.threads:
@@ -69,13 +69,13 @@ def _latent_for_size(backend, size: int):
     import torch
     import torch.nn.functional as F
 
-    from diffumatting.matting_head.data import PURE_GREEN, composite, green_canvas
-    from diffumatting.matting_head.procedural import procedural_matte
+    from diffumatting.synthetic import synthetic_matte
+    from diffumatting.trainer.augment import PURE_GREEN, green_canvas, over
 
-    fg, a = procedural_matte(size // 2, 7)
+    fg, a = synthetic_matte(size // 2, 7, "fine")
     fg = F.interpolate(fg[None], size=(size, size), mode="bilinear")[0]
     a = F.interpolate(a[None], size=(size, size), mode="bilinear")[0]
-    img = composite(fg, a, green_canvas(size, size, PURE_GREEN, False))[None]
+    img = over(fg, a, green_canvas(size, size, PURE_GREEN, False))[None]
     with torch.no_grad():
         return backend.encode(img)
 
@@ -205,9 +205,10 @@ def quality(args, backend, head, info):
     import torch
 
     from diffumatting.greenpost import green_post
-    from diffumatting.matting_head.data import CHROMA_GREEN, PURE_GREEN, load_pairs
     from diffumatting.matting_head.decode import decode_with_head
-    from diffumatting.matting_head.evaluate import prepare_eval
+    from diffumatting.trainer.augment import CHROMA_GREEN, PURE_GREEN
+    from diffumatting.trainer.head_eval import prepare_eval
+    from diffumatting.trainer.pairs import load_pairs
     import metrics  # bench/metrics.py (the script's folder is on sys.path): the same metric code as bench/keying.py
 
     def all_metrics(pred, gt):

@@ -6,5 +6,5 @@
 - ``taesd``: TAESD-family encoder/decoder built from published weights (TAEF2 included).
 - ``decode.decode_with_head``: decode + taps + head, untiled or tiled.
 - ``weights``: safetensors with metadata (``save_head``, ``load_head``, ``check_compatible``).
-- ``train``: head training on a frozen decoder (``train_head``), checkpoints and resume.
+- Training lives in the one training toolkit: ``trainer.head.train_head`` (and ``trainer.head_eval``).
 """

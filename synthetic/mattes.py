@@ -5,6 +5,10 @@ noisy star polygons, rounded rectangles) with edges from sharp to very soft, som
 (thin anti-aliased curves of partial coverage) growing out of the shapes, and sometimes a semi-transparent veil
 with a linear gradient. Everything is drawn with OpenCV from a NumPy generator seeded by ``seed``, so a sample is
 a pure function of ``(size, seed)``.
+
+That is the ``"shapes"`` family; ``family="fine"`` draws the fine-structure family of :mod:`synthetic.procedural`
+(fuzzy blobs, strands, meshes, feathers and dandelion-like tufts: mostly sub-pixel partial coverage, not always
+with an opaque core), and ``"mixed"`` picks one of the two from the seed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 
 MIN_SIZE = 16
+FAMILIES = ("shapes", "fine", "mixed")
 
 
 def _parse_size(size) -> tuple[int, int]:
@@ -175,15 +180,24 @@ def _veil(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return region * (lo + (hi - lo) * g)
 
 
-def synthetic_matte(size, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_matte(size, seed: int, family: str = "shapes") -> tuple[torch.Tensor, torch.Tensor]:
     """size: int | (h, w), seed: int >= 0 -> (fg [3,H,W], alpha [1,H,W]) float32 in [0,1] (alpha 1 = opaque).
 
-    ``fg`` is straight (not premultiplied) and covers the whole frame; ``alpha`` always has an opaque core
-    and a transition region (0 < alpha < 1). Deterministic per ``(size, seed)``.
+    ``fg`` is straight (not premultiplied) and covers the whole frame. ``"shapes"``: ``alpha`` always has an
+    opaque core and a transition region (0 < alpha < 1); ``"fine"``: fine structure (see module doc); ``"mixed"``:
+    either, chosen by the seed. Deterministic per ``(size, seed, family)``.
     """
     h, w = _parse_size(size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+    if family == "mixed":
+        family = FAMILIES[int(np.random.default_rng([int(seed), 1]).integers(0, 2))]
+    if family == "fine":
+        from .procedural import fine_matte
+
+        return fine_matte(h, w, int(seed))
     rng = np.random.default_rng(int(seed))
     fg = _texture(rng, h, w)
     body = _body(rng, h, w)
@@ -204,11 +218,11 @@ def synthetic_matte(size, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return fg_t, alpha_t
 
 
-def synthetic_batch(count: int, size, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(count: int, size, seed: int, family: str = "shapes") -> tuple[torch.Tensor, torch.Tensor]:
     """count >= 1 samples with seeds seed .. seed+count-1 -> (fg [B,3,H,W], alpha [B,1,H,W]) float32 in [0,1]."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count: expected an int >= 1, got {count!r}")
-    pairs = [synthetic_matte(size, seed + i) for i in range(int(count))]
+    pairs = [synthetic_matte(size, seed + i, family) for i in range(int(count))]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 

@@ -1,7 +1,11 @@
-"""The standalone DiffuMatting trainer: the paper's joint losses, a Green100K-style data builder and a LoRA loop.
+"""The one DiffuMatting training toolkit and the two loops on top of it.
 
-``losses`` and ``data`` are pure torch; ``loop``/``lora`` drive ComfyUI's own model code, loaded
-at run time (``COMFYUI_PATH``, through ``comfy_bootstrap``), never imported at module import time here.
+Toolkit (pure torch): ``checkpoint`` (model + optimizer + scheduler + RNG state in one atomic safetensors file),
+``schedule`` (torch LR schedulers: warm-up + constant/cosine), ``seeding`` (every draw a function of (seed, keys)),
+``pairs`` (the one (fg|image, alpha) folder loader), ``augment`` (the kornia colour jitter, key-colour canvases,
+crops), ``losses`` (the paper's joint loss). Loops: ``loop`` (the green-canvas LoRA on ComfyUI's UNet; drives
+ComfyUI's model code, loaded at run time through ``comfy_bootstrap``, never imported here at module import time),
+``head`` (the matting head on a frozen decoder), ``data`` (the LoRA's Green100K-style samples), ``head_eval``.
 """
 
 from .data import DataOptions, GreenDataset, collate, scan_folder

@@ -1,56 +1,38 @@
 """Green100K-style training data: (fg or image, alpha[, caption]) pairs composited onto the key colour.
 
-Folder layouts read by :func:`scan_folder` (any mix, searched recursively):
+Pairs come from :mod:`trainer.pairs` (the one pair loader; folder layouts there) or from memory. A caption comes
+from the sidecar text file, else from the folder name (``red_apples`` -> "red apples"); the fixed prompt suffix
+("isolated on a pure green screen background", naming the key colour) is appended, and with probability
+``caption_dropout`` the caption is empty (classifier-free guidance). A straight foreground is preferred over an
+original image when both exist.
 
-- per-sample folders: ``<name>/{fg|foreground|image}.<ext>`` + ``<name>/alpha.<ext>`` [+ ``caption.txt``]
-  (the layout of ``../shared/data/mattes`` and of :func:`synthetic.write_synthetic_folder`);
-- parallel folders: ``<root>/{fg|image}/<stem>.<ext>`` + ``<root>/alpha/<stem>.<ext>`` [+ ``<root>/caption/<stem>.txt``
-  or a ``<stem>.txt`` beside the image] (the layout of the data-set writer and of most matting sets).
-
-A caption comes from the sidecar text file, else from the folder name (``red_apples`` -> "red apples"); the
-fixed prompt suffix ("isolated on a pure green screen background", naming the key colour) is appended, and
-with probability ``caption_dropout`` the caption is empty (classifier-free guidance). A straight foreground is
-preferred over an original image when both exist.
-
-Each sample is augmented (subject scale and position on the canvas, horizontal/vertical flips, colour jitter),
-composited ``alpha * fg + (1 - alpha) * K`` and returned with its background mask and transition band at latent
-size. Unreadable files, size mismatches and empty alphas are skipped (the next sample is used) and counted in
+Each sample is augmented (subject scale and position on the canvas, horizontal/vertical flips, the kornia colour
+jitter of :mod:`trainer.augment`), composited over the key colour with the one composite
+(``compositing.alpha_over``) and returned with its background mask and transition band at latent size. Every draw
+is a function of ``(seed, epoch, index, attempt)`` through :func:`trainer.seeding.sample_generator`. Unreadable
+files, size mismatches and empty alphas are skipped (the next sample is used) and counted in
 :attr:`GreenDataset.skipped`, reported in the log; they never raise.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .augment import ColourJitter, over
 from .losses import background_mask, transition_band
+from .pairs import IMAGE_EXTS, Sample, clean_folder_caption, load_pair, read_caption, scan_folder  # noqa: F401
+from .seeding import chance, randint, sample_generator, uniform
 
 log = logging.getLogger("diffumatting.trainer")
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-FG_NAMES = ("fg", "foreground")
-IMAGE_NAMES = ("image", "img", "rgb")
 DEFAULT_SUFFIX = "isolated on a pure green screen background"
-
-
-@dataclass
-class Sample:
-    """One (colour, alpha[, caption]) source; ``colour`` is a straight fg or an original image."""
-
-    colour: Path
-    alpha: Path
-    caption_file: Path | None
-    folder_caption: str
-    is_fg: bool
 
 
 @dataclass
@@ -85,101 +67,14 @@ class DataOptions:
             raise ValueError(f"jitter: expected a strength in [0,1], got {self.jitter!r}")
         if self.band_radius is None:
             self.band_radius = max(1, round(10 * self.resolution / 512))
-
-
-def _find_stem(folder: Path, names: tuple[str, ...]) -> Path | None:
-    for n in names:
-        for ext in IMAGE_EXTS:
-            p = folder / f"{n}{ext}"
-            if p.is_file():
-                return p
-    return None
-
-
-def clean_folder_caption(name: str) -> str:
-    """Folder name -> caption words: separators become spaces, pure numbers and ids like ``GT01`` are dropped."""
-    words = re.split(r"[\s_\-.]+", name)
-    keep = [w for w in words if w and not re.fullmatch(r"[A-Za-z]{0,3}\d+", w)]
-    return " ".join(keep).strip()
-
-
-def scan_folder(root: str | os.PathLike) -> list[Sample]:
-    """root: a data folder -> samples (sorted by path) in either supported layout; raises ValueError if none."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"data: {root} is not a folder")
-    samples: list[Sample] = []
-    seen: set[Path] = set()
-    for dirpath, dirnames, _files in os.walk(root):
-        dirnames.sort()
-        d = Path(dirpath)
-        alpha = _find_stem(d, ("alpha", "matte", "mask"))
-        if alpha is not None:
-            fg = _find_stem(d, FG_NAMES)
-            colour = fg or _find_stem(d, IMAGE_NAMES)
-            if colour is not None:
-                cap = d / "caption.txt"
-                samples.append(Sample(colour, alpha, cap if cap.is_file() else None, d.name, fg is not None))
-                seen.add(colour)
-        # parallel layout: d/alpha/<stem>.* with d/fg or d/image
-        alpha_dir = d / "alpha"
-        if alpha_dir.is_dir():
-            colour_dirs = [(d / n, True) for n in FG_NAMES] + [(d / n, False) for n in IMAGE_NAMES]
-            for a in sorted(alpha_dir.iterdir()):
-                if a.suffix.lower() not in IMAGE_EXTS:
-                    continue
-                for cdir, is_fg in colour_dirs:
-                    c = next((cdir / f"{a.stem}{e}" for e in IMAGE_EXTS if (cdir / f"{a.stem}{e}").is_file()), None)
-                    if c is not None and c not in seen:
-                        caps = [d / "caption" / f"{a.stem}.txt", c.with_suffix(".txt")]
-                        cap = next((p for p in caps if p.is_file()), None)
-                        samples.append(Sample(c, a, cap, d.name, is_fg))
-                        seen.add(c)
-                        break
-    if not samples:
-        raise ValueError(
-            f"data: no (fg|image, alpha) pairs found under {root} (expected <name>/image.png + <name>/alpha.png, "
-            "or fg/ (or image/) and alpha/ folders with matching file names)"
-        )
-    samples.sort(key=lambda s: str(s.colour))
-    return samples
-
-
-def read_caption(sample: Sample, default: str) -> str:
-    """The sample's sidecar caption (first non-empty line), else its cleaned folder name, else ``default``."""
-    if sample.caption_file is not None:
-        try:
-            for line in sample.caption_file.read_text(encoding="utf-8", errors="replace").splitlines():
-                if line.strip():
-                    return line.strip()
-        except OSError:
-            pass
-    return clean_folder_caption(sample.folder_caption) or default
+        elif isinstance(self.band_radius, bool) or not isinstance(self.band_radius, int) or self.band_radius < 0:
+            raise ValueError(f"band_radius: expected an int >= 0 (pixels), got {self.band_radius!r}")
 
 
 def build_prompt(caption: str, suffix: str) -> str:
     """caption, suffix -> ``"<caption>, <suffix>"`` (either part may be empty)."""
     caption, suffix = caption.strip().rstrip(","), suffix.strip()
     return ", ".join(p for p in (caption, suffix) if p)
-
-
-def load_pair(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """sample -> (colour [3,H,W], alpha [1,H,W]) float32 in [0,1]; ValueError for unreadable/mismatched/empty."""
-    from ..common.images import load_image
-
-    col = load_image(sample.colour)
-    al = load_image(sample.alpha)
-    # a matte is normally grey; an RGBA/grey+alpha matte file carries it in its alpha channel when that is not flat
-    if al.alpha is not None and float(al.alpha.min()) < 1.0:
-        alpha = al.alpha
-    else:
-        alpha = al.rgb.mean(0, keepdim=True)
-    rgb = col.rgb
-    if rgb.shape[1:] != alpha.shape[1:]:
-        raise ValueError(f"{sample.alpha}: size {tuple(alpha.shape[1:])} does not match {sample.colour} {tuple(rgb.shape[1:])}")
-    if not (alpha > 0.01).any():
-        raise ValueError(f"{sample.alpha}: alpha is empty (no foreground)")
-    return rgb, alpha
 
 
 def _crop_to_subject(rgb: torch.Tensor, alpha: torch.Tensor, max_side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,22 +90,13 @@ def _crop_to_subject(rgb: torch.Tensor, alpha: torch.Tensor, max_side: int) -> t
     return rgb.contiguous(), alpha.contiguous()
 
 
-def _jitter(rgb: torch.Tensor, strength: float, rng: random.Random) -> torch.Tensor:
-    """rgb: [3,H,W] in [0,1] -> jittered [3,H,W] in [0,1] (brightness, contrast, saturation, hue)."""
-    if strength <= 0:
-        return rgb
-    import kornia.enhance as KE
-
-    x = rgb[None]
-    x = KE.adjust_brightness(x, rng.uniform(-strength, strength))
-    x = KE.adjust_contrast(x, 1.0 + rng.uniform(-strength, strength))
-    x = KE.adjust_saturation(x, 1.0 + rng.uniform(-strength, strength))
-    x = KE.adjust_hue(x, rng.uniform(-strength, strength) * math.pi / 5)
-    return x[0].clamp(0.0, 1.0)
+def names_word(text: str, word: str) -> bool:
+    """True if ``text`` contains ``word`` as a whole word (case-insensitive; a plural "greens" counts)."""
+    return re.search(rf"\b{re.escape(word)}s?\b", text, flags=re.IGNORECASE) is not None
 
 
 def place_on_canvas(
-    rgb: torch.Tensor, alpha: torch.Tensor, opts: DataOptions, rng: random.Random
+    rgb: torch.Tensor, alpha: torch.Tensor, opts: DataOptions, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """rgb [3,H,W], alpha [1,H,W] -> (fg [3,S,S], alpha [1,S,S]) with S = resolution: the subject's bounding box,
     scaled so its longer side is a random fraction of S, flipped, placed at a random position (inside the canvas
@@ -221,18 +107,18 @@ def place_on_canvas(
     x0, x1 = int(xs.min()), int(xs.max()) + 1
     rgb, alpha = rgb[:, y0:y1, x0:x1], alpha[:, y0:y1, x0:x1]
     h, w = alpha.shape[1:]
-    frac = rng.uniform(*opts.scale)
+    frac = uniform(g, *opts.scale)
     k = frac * s / max(h, w)
     nh, nw = max(1, round(h * k)), max(1, round(w * k))
     both = torch.cat([rgb, alpha], 0)[None]
     mode = "area" if k < 1 else "bilinear"
     both = F.interpolate(both, size=(nh, nw), mode=mode, **({} if mode == "area" else {"align_corners": False}))[0]
-    if rng.random() < opts.hflip:
+    if chance(g, opts.hflip):
         both = both.flip(-1)
-    if rng.random() < opts.vflip:
+    if chance(g, opts.vflip):
         both = both.flip(-2)
-    top = rng.randint(0, s - nh) if nh <= s else -rng.randint(0, nh - s)
-    left = rng.randint(0, s - nw) if nw <= s else -rng.randint(0, nw - s)
+    top = randint(g, 0, s - nh) if nh <= s else -randint(g, 0, nh - s)
+    left = randint(g, 0, s - nw) if nw <= s else -randint(g, 0, nw - s)
     canvas = torch.zeros(4, s, s)
     sy0, sx0 = max(0, -top), max(0, -left)
     dy0, dx0 = max(0, top), max(0, left)
@@ -244,12 +130,6 @@ def place_on_canvas(
     inside[:, dy0 : dy0 + hh, dx0 : dx0 + ww] = True
     fg = torch.where(inside, fg, both[:3].mean(dim=(1, 2), keepdim=True))
     return fg.clamp(0, 1), canvas[3:].clamp(0, 1)
-
-
-def composite(fg: torch.Tensor, alpha: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """fg: [...,3,H,W] straight, alpha: [...,1,H,W], key: [3] in [0,1] -> image [...,3,H,W] = a*fg + (1-a)*key."""
-    k = key.to(fg).view(*([1] * (fg.ndim - 3)), 3, 1, 1)
-    return alpha * fg + (1.0 - alpha) * k
 
 
 class GreenDataset(torch.utils.data.Dataset):
@@ -266,6 +146,7 @@ class GreenDataset(torch.utils.data.Dataset):
 
         self.key_colour = parse_key_colour(self.opts.key_colour, "key_colour")  # the canvas colour (a KeyColour)
         self.key = self.key_colour.tensor()  # [3] in [0,1]
+        self.jitter = ColourJitter.strength(self.opts.jitter)
         if isinstance(sources, (str, os.PathLike)):
             self.samples: list = scan_folder(sources)
         else:
@@ -317,13 +198,13 @@ class GreenDataset(torch.utils.data.Dataset):
             self.skipped[reason] += 1
             log.warning("skipping sample %d (%s): %s", i, reason, msg)
 
-    def build(self, i: int, rng: random.Random) -> dict:
-        """Sample ``i`` (no fall-through) with augmentation drawn from ``rng`` -> item dict (see class doc)."""
+    def build(self, i: int, g: torch.Generator) -> dict:
+        """Sample ``i`` (no fall-through) with augmentation drawn from ``g`` -> item dict (see class doc)."""
         rgb, alpha, caption = self._source(i)
-        fg, a = place_on_canvas(rgb, alpha, self.opts, rng)
-        fg = _jitter(fg, self.opts.jitter, rng)
-        image = composite(fg, a, self.key)
-        drop = rng.random() < self.opts.caption_dropout
+        fg, a = place_on_canvas(rgb, alpha, self.opts, g)
+        fg = self.jitter(fg, g)
+        image = over(fg, a, self.key)
+        drop = chance(g, self.opts.caption_dropout)
         prompt = "" if drop else build_prompt(caption, self.opts.caption_suffix)
         trimap = torch.where(a > 1 - 1 / 255, 1.0, torch.where(a < 1 / 255, 0.0, 0.5))
         bg = background_mask(a[None], self.opts.factor)[0]
@@ -346,9 +227,9 @@ class GreenDataset(torch.utils.data.Dataset):
             i = (index + attempt) % n
             if i in self._bad:
                 continue
-            rng = random.Random(f"{self.seed}/{self.epoch}/{index}/{attempt}")
+            g = sample_generator(self.seed, "augment", self.epoch, index, attempt)
             try:
-                return self.build(i, rng)
+                return self.build(i, g)
             except (ValueError, OSError) as exc:
                 self._skip(i, exc)
         raise ValueError(

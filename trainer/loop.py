@@ -11,10 +11,12 @@ the LoRA hooked in) predicts ``x0_hat`` through ComfyUI's own ``BaseModel.apply_
 are aggregated with ``green_control.mask.aggregate_attention`` into ``A_g``. Loss: :func:`trainer.losses.joint_loss`.
 
 Reproducibility and resume: every random draw of optimizer step ``s`` (sample order, augmentation, caption
-dropout, timesteps, noise) is a function of ``(seed, s)``, so a run resumed from a checkpoint continues exactly
-as the uninterrupted run would. Checkpoints (LoRA + optimizer + step, one safetensors file) are written every
-``checkpoint_every`` steps to a temporary file and renamed, so a kill loses at most one interval and never leaves
-a corrupt file.
+dropout, timesteps, noise) is a function of ``(seed, s)`` (``trainer.seeding``), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would. The learning rate follows torch's ``LambdaLR``
+(``trainer.schedule``: linear warm-up, then constant). Checkpoints (``trainer.checkpoint``: LoRA + AdamW +
+scheduler + grad scaler + RNG + step, one safetensors file) are written every ``checkpoint_every`` steps
+atomically and durably, so a kill loses at most one interval and never leaves a corrupt file; temporary files
+of a killed save are removed when the next run starts.
 """
 
 from __future__ import annotations
@@ -30,19 +32,24 @@ from pathlib import Path
 
 import torch
 
-from ..common.files import atomic_path, atomic_write_text
+from ..common.files import atomic_write_text
+from ..green_control.anchor import green_latent
 from ..green_control.attention import cross_attention_probs
 from ..green_control.mask import aggregate_attention
 from ..common.keycolour import KeyColour
 from ..green_control.tokens import find_word_positions
 from .data import collate
 from .losses import LossWeights, abar_from_sigma, joint_loss
+from . import checkpoint
 from .lora import TARGET_KINDS, LoRANetwork
+from .schedule import lr_scheduler
+from .seeding import sample_generator, sample_seed
 
 log = logging.getLogger("diffumatting.trainer")
 
 CKPT_DIR = "checkpoints"
 CKPT_PREFIX = "step_"
+CKPT_KIND = "lora"
 LORA_NAME = "diffumatting_green_lora.safetensors"
 # Options that must match between a checkpoint and the run that resumes it.
 _RESUME_KEYS = ("rank", "alpha", "conv_rank", "targets", "batch_size", "grad_accum", "seed", "attn_levels")
@@ -215,6 +222,7 @@ class GreenTrainer:
                                 seed=options.seed)
         self.lora.to(self.device, torch.float32)
         self.optimizer = torch.optim.AdamW(self.lora.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.scheduler = lr_scheduler(self.optimizer, options.steps, options.warmup, "constant")
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         colour = getattr(dataset, "key_colour", None)
@@ -225,7 +233,7 @@ class GreenTrainer:
         self.key = colour.tensor()
         self.word = options.key_word or colour.word
         self.prompts = PromptEncoder(clip, self.word)
-        self.z_green = self._green_latent()
+        self.z_green = green_latent(self.encode_images, self.key)  # [1,C,1,1]: the key colour's latent
         self.step_done = 0
 
     # -- set-up helpers
@@ -250,13 +258,6 @@ class GreenTrainer:
             raise ValueError("vae: the encoder produced non-finite latents (broken VAE weights?)")
         return z.to(self.device)
 
-    def _green_latent(self) -> torch.Tensor:
-        s = 64
-        flat = self.key.view(1, 3, 1, 1).expand(1, 3, s, s).contiguous()
-        z = self.encode_images(flat)  # [1,C,8,8]
-        inner = z[..., 2:-2, 2:-2] if z.shape[-1] > 4 else z
-        return inner.mean(dim=(2, 3), keepdim=True)  # [1,C,1,1]
-
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -270,7 +271,7 @@ class GreenTrainer:
         for j in range(b):
             pos = micro * b + j
             epoch = pos // n
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.opts.seed * 1_000_003 + epoch))
+            perm = torch.randperm(n, generator=sample_generator(self.opts.seed, "order", epoch))
             out.append(int(perm[pos % n]))
             epochs.append(epoch)
         return out, epochs
@@ -285,7 +286,7 @@ class GreenTrainer:
 
     def noise_seed(self, micro: int) -> int:
         """The seed of micro-batch ``micro``'s timesteps and noise."""
-        return (self.opts.seed * 7_919 + micro * 104_729 + 17) % (2**63)
+        return sample_seed(self.opts.seed, "noise", micro)
 
     # -- the loss of one micro-batch
     def losses(self, batch: dict, noise_seed: int) -> dict:
@@ -336,9 +337,6 @@ class GreenTrainer:
     def step(self) -> dict:
         """One optimizer step (``grad_accum`` micro-batches) -> mean loss terms as floats."""
         s = self.step_done
-        warm = self.opts.warmup
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.opts.lr * (min(1.0, (s + 1) / warm) if warm else 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         acc: dict[str, float] = {}
         for a in range(self.opts.grad_accum):
@@ -360,6 +358,7 @@ class GreenTrainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        self.scheduler.step()
         self.step_done = s + 1
         acc["step"] = self.step_done
         return acc
@@ -370,34 +369,15 @@ class GreenTrainer:
         return {k: float(v) for k, v in self.losses(batch, noise_seed).items()}
 
     # -- checkpoints
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """-> (tensors, json-able info): LoRA weights, optimizer state, grad-scaler state."""
-        tensors = {f"lora.{k}": v.detach().cpu().contiguous() for k, v in self.lora.state_dict().items()}
-        osd = self.optimizer.state_dict()
-        for pid, st in osd["state"].items():
-            for name, val in st.items():
-                val = val if torch.is_tensor(val) else torch.tensor(val)
-                tensors[f"optim.{pid}.{name}"] = val.detach().cpu().contiguous()
-        info = {"step": self.step_done, "param_groups": osd["param_groups"], "options": self.opts.to_json()}
-        if self.scaler:
-            info["scaler"] = {k: v for k, v in self.scaler.state_dict().items() if isinstance(v, (int, float))}
-        return tensors, info
+    def state(self) -> dict:
+        """-> the training state tree (``trainer.checkpoint.capture``): LoRA, AdamW, scheduler, grad scaler, step."""
+        return checkpoint.capture(model=self.lora, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  scaler=self.scaler, torch_rng=False, step=self.step_done, options=self.opts.to_json())
 
-    def load_state(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
-        lsd = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-        self.lora.load_state_dict(lsd)
-        state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, name = k.split(".", 2)
-                state.setdefault(int(pid), {})[name] = v
-        groups = info["param_groups"]
-        for g in groups:
-            if "betas" in g:
-                g["betas"] = tuple(g["betas"])
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        if self.scaler and "scaler" in info:
-            self.scaler.load_state_dict(info["scaler"])
+    def load_state(self, state: dict) -> None:
+        """Restore a :meth:`state` tree (strict: every part must fit this trainer)."""
+        info = checkpoint.restore(state, model=self.lora, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  scaler=self.scaler, torch_rng=False)
         self.step_done = int(info["step"])
 
 
@@ -419,48 +399,42 @@ def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(trainer: GreenTrainer, out_dir) -> Path:
-    """Write ``checkpoints/step_<n>.safetensors`` atomically and prune old ones; -> its path."""
-    from safetensors.torch import save_file
-
-    tensors, info = trainer.state_tensors()
+    """Write ``checkpoints/step_<n>.safetensors`` atomically and durably and prune old ones; -> its path."""
     path = _ckpt_dir(out_dir) / f"{CKPT_PREFIX}{trainer.step_done:08d}.safetensors"
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"diffumatting.train_state": json.dumps(info)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+    checkpoint.save(path, trainer.state(), CKPT_KIND)
     for _step, old in list_checkpoints(out_dir)[: -trainer.opts.keep_checkpoints]:
         with contextlib.suppress(OSError):
             old.unlink()
     return path
 
 
-def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """checkpoint file -> (tensors, info); ValueError when it is not a trainer checkpoint."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
-        raise ValueError(f"checkpoint: {path} is not readable ({exc})") from None
-    if "diffumatting.train_state" not in meta:
-        raise ValueError(f"checkpoint: {path} is not a DiffuMatting training checkpoint")
-    return tensors, json.loads(meta["diffumatting.train_state"])
+def read_checkpoint(path) -> dict:
+    """checkpoint file -> its state tree (``info`` holds step and options); CheckpointError (a ValueError) naming
+    the file when it is unreadable, foreign or from an older version."""
+    return checkpoint.load(path, CKPT_KIND, "pass --no-resume or delete it")
 
 
-def _try_resume(trainer: GreenTrainer, out_dir) -> int:
-    # a run killed while writing leaves a hidden temporary file (never a truncated checkpoint): remove it
+def clean_stale(out_dir) -> int:
+    """Remove the temporary files killed checkpoint saves left in ``out_dir/checkpoints`` -> how many."""
+    n = 0
     for stale in _ckpt_dir(out_dir).glob(f".{CKPT_PREFIX}*.partial*"):
         with contextlib.suppress(OSError):
             stale.unlink()
+            n += 1
+    return n
+
+
+def _try_resume(trainer: GreenTrainer, out_dir) -> int:
+    clean_stale(out_dir)  # a run killed while writing leaves a hidden temporary file (never a truncated checkpoint)
     for step, path in reversed(list_checkpoints(out_dir)):
         try:
-            tensors, info = read_checkpoint(path)
-        except ValueError as exc:
+            state = read_checkpoint(path)
+        except checkpoint.CheckpointError as exc:
+            if exc.reason != "unreadable":  # an older format or a foreign file: refuse rather than train over it
+                raise
             log.warning("%s; trying an older checkpoint", exc)
             continue
-        saved = info.get("options", {})
+        saved = state.get("info", {}).get("options", {})
         now = trainer.opts.to_json()
         diff = [k for k in _RESUME_KEYS if k in saved and saved[k] != now[k]]
         if diff:
@@ -468,15 +442,19 @@ def _try_resume(trainer: GreenTrainer, out_dir) -> int:
                 f"resume: the checkpoint {path} was made with different {', '.join(diff)} "
                 f"({', '.join(f'{k}={saved[k]!r}' for k in diff)}); use another --out folder or --no-resume"
             )
-        trainer.load_state(tensors, info)
+        try:
+            trainer.load_state(state)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"resume: the checkpoint {path} does not fit this run ({str(exc).splitlines()[0]}); "
+                             "pass --no-resume or delete it") from None
         log.info("resumed from %s (step %d)", path, step)
         return step
     return 0
 
 
 def export_lora(trainer: GreenTrainer, path) -> Path:
-    """Write the LoRA in ComfyUI's key format (LoraLoader / DiffuMattingLoader), atomically."""
-    from safetensors.torch import save_file
+    """Write the LoRA in ComfyUI's key format (LoraLoader / DiffuMattingLoader), atomically and durably."""
+    from safetensors.torch import save
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[trainer.opts.save_dtype]
     sd = trainer.lora.export_state_dict(dtype)
@@ -490,8 +468,7 @@ def export_lora(trainer: GreenTrainer, path) -> Path:
         "ss_base_model_version": "sd_v1",
     })
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(sd, tmp, metadata=meta)
+    checkpoint.write_bytes_durably(path, save(sd, metadata=meta))
     return path
 
 

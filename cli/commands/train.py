@@ -112,15 +112,24 @@ def build_dataset(args):
     """args -> a GreenDataset over every --data folder (+ --synthetic samples)."""
     from ...common.keycolour import parse_key_colour
     from ...synthetic import synthetic_matte
-    from ...trainer.data import DataOptions, GreenDataset, scan_folder
+    from ...trainer.data import DataOptions, GreenDataset, names_word, scan_folder
 
     try:
         key = parse_key_colour(args.key_colour, "--key-colour")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.synthetic < 0:
+        raise CLIError(f"--synthetic: expected 0 or more synthetic mattes, got {args.synthetic}")
+    if args.band_radius is not None and args.band_radius < 0:
+        raise CLIError(f"--band-radius: expected 0 or more pixels, got {args.band_radius}")
     suffix = args.caption_suffix
+    word = args.key_word or key.word
     if suffix is None:
-        suffix = f"isolated on a pure {args.key_word or key.word} screen background"
+        suffix = f"isolated on a pure {word} screen background"
+    elif args.w_green > 0 and args.w_attn > 0 and not names_word(suffix, word):
+        raise CLIError(f"--caption-suffix: {suffix!r} does not name the key colour word {word!r}; the attention "
+                       f"loss needs it in every prompt (e.g. 'isolated on a pure {word} screen background'), or "
+                       "set --key-word, or turn that loss off with --w-attn 0")
     opts = DataOptions(
         resolution=args.resolution, key_colour=key, scale=tuple(args.scale), hflip=args.hflip, vflip=args.vflip,
         jitter=args.jitter, caption_suffix=suffix, caption_dropout=args.caption_dropout,
@@ -164,10 +173,13 @@ def run(args) -> int:
     try:
         options = build_options(args)
         dataset = build_dataset(args)
+        from ...trainer.checkpoint import check_writable
+
+        check_writable(args.out, 0, "--out")  # a file, read-only or unreachable --out fails before the model loads
         from ...comfy_bootstrap import load_checkpoint
         from ...trainer.loop import train
 
-        model, clip, vae = load_checkpoint(args.checkpoint, args.comfyui, cpu=args.cpu or None)
+        model, clip, vae = load_checkpoint(args.checkpoint, args.comfyui, cpu=args.cpu or None, what="--checkpoint")
         result = train(model, clip, vae, dataset, options)
     except ValueError as exc:
         raise CLIError(str(exc)) from None

@@ -24,8 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="final head file (.safetensors)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=192, help="training crop size in px (multiple of 8)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--crop", type=int, default=192, help="training crop size in px (a multiple of 8, 32 to 1024)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (> 0, at most 1; warm-up then "
+                   "cosine decay)")
     p.add_argument("--buffer", type=int, default=256, help="decoded samples kept in memory")
     p.add_argument("--refresh", type=int, default=1, help="new decoded samples per refresh")
     p.add_argument("--refresh-every", type=int, default=1, help="steps between refreshes")
@@ -88,7 +89,7 @@ def _comfy_backend(path: str):
 
 def _loss_weights(text: str) -> dict:
     """"l2=16,grad=0" -> {"l2": 16.0, "grad": 0.0}; a clear CLIError for anything else."""
-    from ...matting_head.train import LOSS_WEIGHTS, check_loss_weights
+    from ...trainer.head import LOSS_WEIGHTS, check_loss_weights
 
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
@@ -104,29 +105,50 @@ def _loss_weights(text: str) -> dict:
         raise CLIError(f"--loss-weights: {exc}") from exc
 
 
+def _flag(exc) -> str:
+    """A ConfigError of the head trainer -> its message with the field as a command-line flag."""
+    return f"--{exc.field.replace('_', '-')}: {exc.detail}"
+
+
 def run(args) -> int:
     import torch
 
-    from ...matting_head.data import load_pairs
-    from ...matting_head.evaluate import make_monitor, prepare_eval
     from ...matting_head.taesd import load_tiny_autoencoder
-    from ...matting_head.train import TaesdBackend, TrainConfig, check_device, train_head
+    from ...trainer.checkpoint import check_writable
+    from ...trainer.head import ConfigError, TaesdBackend, TrainConfig, check_device, train_head
+    from ...trainer.head_eval import make_monitor, prepare_eval
+    from ...trainer.pairs import load_pairs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if not args.out.endswith(".safetensors"):
         raise CLIError("--out: expected a .safetensors file name")
-    if args.crop % 8 or args.crop < 64:
-        raise CLIError("--crop: expected a multiple of 8, at least 64")
+    if os.path.isdir(args.out):
+        raise CLIError(f"--out: {args.out} is a folder; expected a .safetensors file name")
+    if args.threads < 0:
+        raise CLIError(f"--threads: expected 0 (torch's default) or more threads, got {args.threads}")
     loss_weights = _loss_weights(args.loss_weights)
-    if args.workers < 0:
-        raise CLIError(f"--workers: expected 0 or more processes, got {args.workers}")
     try:
         check_device(args.device)
     except ValueError as exc:
         raise CLIError(f"--{exc}") from exc  # the message starts with "device"
     if args.init and not os.path.isfile(args.init):
         raise CLIError(f"--init: {args.init} does not exist")
+    holdout = [s for s in args.holdout.split(",") if s]
+    try:  # every setting is checked before any model or data is loaded
+        cfg = TrainConfig(out=args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
+                          buffer=args.buffer, buffer_init=min(args.buffer, max(args.batch, 64)),
+                          refresh=args.refresh, refresh_every=args.refresh_every,
+                          synthetic_fraction=args.synthetic_fraction, ckpt_every=args.ckpt_every, seed=args.seed,
+                          max_minutes=args.max_minutes, head_config={"prior": args.prior}, init=args.init,
+                          loss_weights=loss_weights, device=args.device, workers=args.workers,
+                          notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
+    except ConfigError as exc:
+        raise CLIError(_flag(exc)) from None
+    try:
+        check_writable(os.path.dirname(os.path.abspath(args.out)), 0, "--out")  # again with sizes before training
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         if args.taesd:
             ae = load_tiny_autoencoder(args.taesd)
@@ -135,7 +157,6 @@ def run(args) -> int:
             backend = TaesdBackend(ae, name=ae.name)
         else:
             backend = _comfy_backend(args.vae)
-        holdout = [s for s in args.holdout.split(",") if s]
         pairs, held = [], []
         for d in args.data:
             for p in load_pairs(d):
@@ -147,16 +168,15 @@ def run(args) -> int:
             pairs = []
         if not pairs and args.synthetic_fraction <= 0:
             raise CLIError("no training pairs: give --data or a positive --synthetic-fraction")
-        cfg = TrainConfig(out=args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
-                          buffer=args.buffer, buffer_init=min(args.buffer, max(args.batch, 64)),
-                          refresh=args.refresh, refresh_every=args.refresh_every, synthetic_fraction=1.0 if not pairs else args.synthetic_fraction,
-                          ckpt_every=args.ckpt_every, seed=args.seed, max_minutes=args.max_minutes,
-                          head_config={"prior": args.prior}, init=args.init, loss_weights=loss_weights,
-                          device=args.device, workers=args.workers,
-                          notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
+        if not pairs:
+            cfg.synthetic_fraction = 1.0
         monitor = make_monitor(prepare_eval(backend, held)) if held else None
         train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,
                    log_fn=lambda line: print(line, flush=True))
+    except ConfigError as exc:
+        raise CLIError(_flag(exc)) from None
     except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(str(exc)) from None
+    except OSError as exc:  # a write the up-front checks could not foresee (the disk filled up during the run)
+        raise CLIError(f"{exc.filename or '--out'}: {exc.strerror or exc}") from None
     return 0

@@ -178,9 +178,26 @@ def _run(script, out, data, wait_for=None):
 
 
 def _read(path):
+    """checkpoint -> (flat {name: tensor}, info) of its state tree."""
     from diffumatting.trainer.loop import read_checkpoint
 
-    return read_checkpoint(path)
+    state = read_checkpoint(path)
+    flat = {}
+
+    def walk(obj, name):
+        if torch.is_tensor(obj):
+            flat[name] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{name}.{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{name}.{i}")
+
+    walk({k: v for k, v in state.items() if k != "info"}, "state")
+    info = dict(state["info"], param_groups=state["optimizer"]["param_groups"],
+                scheduler=state["scheduler"]["last_epoch"])
+    return flat, info
 
 
 def test_kill_and_resume_continues_with_identical_state(tmp_path):
@@ -212,9 +229,9 @@ def test_kill_and_resume_continues_with_identical_state(tmp_path):
         t_k, info_k = _read(path)
         t_r, info_r = _read(ref_ckpts[step])
         assert info_k["step"] == info_r["step"] == step
-        assert info_k["param_groups"] == info_r["param_groups"]
+        assert info_k["param_groups"] == info_r["param_groups"] and info_k["scheduler"] == info_r["scheduler"] == step
         assert t_k.keys() == t_r.keys()
-        optim_keys = [k for k in t_k if k.startswith("optim.")]
+        optim_keys = [k for k in t_k if k.startswith("state.optimizer.state.")]
         assert optim_keys
         for k in t_k:
             assert torch.equal(t_k[k], t_r[k]), f"step {step}: {k} differs from the uninterrupted run"
@@ -247,3 +264,30 @@ def test_cli_trains_one_step_on_full_size_checkpoint(comfy, random_sd15_checkpoi
 
     sd = comfy.utils.load_torch_file(str(lora), safe_load=True)
     assert any(k.startswith("lora_unet_output_blocks_") for k in sd)
+
+
+def test_unloadable_checkpoint_files_are_one_line_errors(comfy, tmp_path):
+    """#19 T1-T3 with ComfyUI's own loader: a pickle .ckpt, a text file named .safetensors, a truncated file."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from diffumatting.comfy_bootstrap import load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Evil()}, protocol=2))
+    text = tmp_path / "text.safetensors"
+    text.write_text("not a model\n" * 100)
+    full = tmp_path / "full.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(100_000)}, str(full))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(full.read_bytes()[:4096])
+    for path in (evil, text, cut):
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(path, what="--checkpoint")
+        msg = str(err.value)
+        assert msg.startswith(f"--checkpoint: {path} could not be loaded") and "\n" not in msg, msg

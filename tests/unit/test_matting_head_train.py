@@ -1,75 +1,181 @@
-"""Head training: a few steps on a tiny random TAESD-layout decoder; checkpoints, resume, final file."""
+"""Head training (trainer/head.py) on a tiny random TAESD-layout decoder: checkpoints, resume, init, bad input.
+
+The trained head is built once per session (``trained_head`` in tests/conftest.py); the tests that train on
+copy its files first.
+"""
 
 from __future__ import annotations
 
-import torch
-from safetensors import safe_open
+import errno
+import shutil
 
-from diffumatting.matting_head.data import Pair, green_canvas, load_pairs, random_crop
-from diffumatting.matting_head.procedural import procedural_matte
-from diffumatting.matting_head.train import TaesdBackend, TrainConfig, head_loss, train_head
+import pytest
+import torch
+
+from diffumatting.trainer import checkpoint
+from diffumatting.trainer.augment import green_canvas
+from diffumatting.trainer.head import (CKPT_KIND, ConfigError, SampleMaker, TaesdBackend, TrainConfig, check_device,
+                                       head_loss, train_head)
 from diffumatting.matting_head.taesd import random_tiny_autoencoder
 from diffumatting.matting_head.weights import load_head
+from diffumatting.synthetic import synthetic_matte
 
-SMALL = {"lateral": [8, 8, 8, 8], "width_8": 8, "width_16": 8, "width_32": 8, "width_4": 8, "width_2": 8,
-         "width_1": 8}
-
-
-def _cfg(tmp_path, steps, **kw):
-    return TrainConfig(out=str(tmp_path / "head.safetensors"), steps=steps, batch=2, crop=32, buffer=6,
-                       buffer_init=4, refresh=1, ckpt_every=2, head_config=SMALL, seed=5, **kw)
+QUIET = {"progress": False, "log_fn": lambda *_: None}
 
 
-def _pairs():
-    fg, a = procedural_matte(48, 3)
-    return [Pair("blob", fg, a)]
+def _copy_run(trained_head, dst):
+    """The trained head's files copied to dst/head.safetensors (+ its checkpoint) -> the head path."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(trained_head.path, dst / "head.safetensors")
+    shutil.copy(trained_head.ckpt, dst / "head.ckpt.safetensors")
+    return dst / "head.safetensors"
 
 
-def test_train_writes_checkpoints_and_final_head(tmp_path):
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
-    out = train_head(backend, _pairs(), _cfg(tmp_path, 3), progress=False, log_fn=lambda *_: None)
-    head, meta = load_head(out)
+def test_training_writes_checkpoint_and_final_head(trained_head, tiny_backend):
+    head, meta = load_head(trained_head.path)
     assert meta["training"]["steps"] == 3 and meta["training"]["subjects"] == ["blob"]
-    assert meta["decoder_fingerprint"] == backend.spec.fingerprint
-    ckpt = tmp_path / "head.ckpt.safetensors"
-    with safe_open(str(ckpt), framework="pt") as f:
-        assert f.metadata()["step"] == "3"
-        assert any(k.startswith("opt.") for k in f.keys())
-    assert not list(tmp_path.glob(".*partial*"))
+    assert meta["decoder_fingerprint"] == tiny_backend.spec.fingerprint
+    state = checkpoint.load(trained_head.ckpt, CKPT_KIND)
+    info = state["info"]
+    assert info["step"] == 3 and info["decoder"]["fingerprint"] == tiny_backend.spec.fingerprint
+    assert info["head_config"] == head.config and info["decoder"]["tap_channels"] == [8, 8, 8, 8]
+    assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == 3 and "loop" in state["rng"]
+    # the final head is the checkpointed weights (stored in fp16)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, state["model"][k].to(torch.float16).to(v.dtype)), k
+    assert not list(trained_head.folder.glob(".*partial*"))
+    assert any('"step": 2' in line for line in trained_head.logs)
 
 
-def test_resume_continues_from_the_checkpoint(tmp_path):
-    """A run stopped after 2 steps (as if killed after its checkpoint) resumes at step 2, with the saved weights
-    and Adam moments, and finishes the planned steps."""
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
+def test_resume_continues_from_the_checkpoint_and_cleans_stale_temp_files(trained_head, tiny_backend, tiny_pairs,
+                                                                         head_config, tmp_path):
+    out = _copy_run(trained_head, tmp_path)
+    stale = tmp_path / ".head.ckpt.safetensors.x1y2z3.partial.safetensors"  # left by a save killed mid-write
+    stale.write_bytes(b"")
+    saved = checkpoint.load(trained_head.ckpt, CKPT_KIND)["model"]
     logs = []
-    train_head(backend, _pairs(), _cfg(tmp_path, 2), progress=False, log_fn=logs.append)
-    ckpt = tmp_path / "head.ckpt.safetensors"
-    with safe_open(str(ckpt), framework="pt") as f:
-        saved = {k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
-    # the final head after 2 steps equals the checkpointed weights (the final file is stored in fp16)
-    h2, _ = load_head(tmp_path / "head.safetensors")
-    for k, v in h2.state_dict().items():
-        assert torch.equal(v, saved[k].to(torch.float16).to(v.dtype)), k
-    logs.clear()
-    train_head(backend, _pairs(), _cfg(tmp_path, 4), progress=False, log_fn=logs.append)
-    assert any("resumed" in line and "step 2" in line for line in logs), logs
-    h4, meta = load_head(tmp_path / "head.safetensors")
+    train_head(tiny_backend, tiny_pairs, head_config(out, 4), progress=False, log_fn=logs.append)
+    assert any("resumed" in line and "step 3" in line for line in logs), logs
+    assert not stale.exists()
+    h4, meta = load_head(out)
     assert meta["training"]["steps"] == 4
-    assert any(not torch.equal(v, saved[k]) for k, v in h4.state_dict().items()), "resumed run did not train"
+    assert any(not torch.equal(v, saved[k].to(torch.float16).float()) for k, v in h4.state_dict().items())
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    import pytest
+def test_the_sample_stream_is_the_same_across_a_resume(trained_head, tiny_backend, tiny_pairs, head_config, tmp_path):
+    """The resumed run continues at the checkpoint's sample index (made), not at 0."""
+    state = checkpoint.load(trained_head.ckpt, CKPT_KIND)
+    made = state["info"]["made"]
+    assert made == trained_head.cfg.buffer_init + 3  # the initial buffer plus one refresh per step
+    cfg = head_config(tmp_path / "unused.safetensors", 1)
+    fresh = SampleMaker(tiny_backend, tiny_pairs, cfg)
+    stream = fresh.make(made + 2)
+    later = SampleMaker(tiny_backend, tiny_pairs, cfg, made=made).make(2)
+    assert all(torch.equal(a["alpha"], b["alpha"]) for a, b in zip(stream[made:], later))
 
-    (tmp_path / "head.ckpt.safetensors").write_bytes(b"junk")
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
-    with pytest.raises(ValueError, match="resume"):
-        train_head(backend, _pairs(), _cfg(tmp_path, 2), progress=False, log_fn=lambda *_: None)
+
+@pytest.mark.parametrize("content,says", [(b"junk", "not readable"), (None, "older version")])
+def test_corrupt_or_old_format_checkpoint_is_refused_naming_the_file(tmp_path, tiny_backend, tiny_pairs,
+                                                                     head_config, content, says):
+    ckpt = tmp_path / "head.ckpt.safetensors"
+    if content is None:  # a checkpoint of the previous format: head/opt tensors, a plain "step" in the metadata
+        from safetensors.torch import save_file
+
+        save_file({"head.x": torch.zeros(1)}, str(ckpt), metadata={"step": "3", "config": "{}"})
+    else:
+        ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match=says) as err:
+        train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "head.safetensors", 2), **QUIET)
+    assert str(ckpt) in str(err.value) and "--no-resume" in str(err.value)
+
+
+def test_resume_for_another_decoder_is_refused(trained_head, tiny_pairs, head_config, tmp_path):
+    """#19 H10 (same tap widths, other weights) and H11 (other tap widths)."""
+    same_widths = TaesdBackend(random_tiny_autoencoder(4, 8, seed=2), "other-taesd")
+    other_widths = TaesdBackend(random_tiny_autoencoder(4, 16, seed=1), "wide-taesd")
+    for backend, says in ((same_widths, "fingerprint"), (other_widths, "tap widths")):
+        out = _copy_run(trained_head, tmp_path / backend.name)
+        with pytest.raises(ValueError, match="another decoder") as err:
+            train_head(backend, tiny_pairs, head_config(out, 5), **QUIET)
+        assert says in str(err.value) and "--no-resume" in str(err.value)
+        assert load_head(out)[1]["decoder_fingerprint"] != backend.spec.fingerprint  # left untouched
+
+
+def test_init_starts_from_a_head_file_and_checks_the_decoder(trained_head, tiny_backend, tiny_pairs, head_config,
+                                                             tmp_path):
+    start, _ = load_head(trained_head.path)
+    out = train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "b.safetensors", 0, init=str(trained_head.path)),
+                     **QUIET)
+    same, meta = load_head(out)
+    for k, v in start.state_dict().items():  # zero steps from --init: the written head is the start head
+        assert torch.equal(v, same.state_dict()[k]), k
+    assert meta["training"]["init"]["file"] == "head.safetensors" and meta["training"]["init"]["steps"] == 3
+    out = train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "c.safetensors", 1, init=str(trained_head.path)),
+                     **QUIET)
+    tuned, _ = load_head(out)
+    assert tuned.config == start.config
+    assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    other = TaesdBackend(random_tiny_autoencoder(4, 8, seed=2), "other-taesd")  # same layout, other weights
+    with pytest.raises(ValueError, match="different decoder weights"):
+        train_head(other, tiny_pairs, head_config(tmp_path / "d.safetensors", 1, init=str(trained_head.path)), **QUIET)
+
+
+def test_non_finite_weights_stop_the_run_and_write_nothing(tiny_backend, tiny_pairs, head_config, tmp_path,
+                                                           monkeypatch):
+    """#19 H6: weights that go non-finite stop the run with a clear error; no head, no checkpoint of them."""
+    real_step = torch.optim.Adam.step
+
+    def poisoned(self, *a, **kw):
+        out = real_step(self, *a, **kw)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    with pytest.raises(ValueError, match="non-finite"):
+        train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "h.safetensors", 1, ckpt_every=1), **QUIET)
+    assert not (tmp_path / "h.safetensors").exists() and not (tmp_path / "h.ckpt.safetensors").exists()
+
+
+def test_output_problems_are_found_before_training(tiny_backend, tiny_pairs, head_config, tmp_path, monkeypatch):
+    """#19 H7 (out is a folder), H8 (read-only folder), H9 (too little free space): errors up front, naming out."""
+    import shutil as shutil_mod
+    import tempfile
+
+    made = []
+    monkeypatch.setattr(SampleMaker, "make", lambda self, n, device=None: made.append(n) or [])
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(ConfigError, match="is a folder") as err:
+        train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "dir.safetensors", 1), **QUIET)
+    assert err.value.field == "out"
+    with monkeypatch.context() as m:
+        m.setattr(shutil_mod, "disk_usage", lambda p: shutil_mod._ntuple_diskusage(10 << 30, 10 << 30, 1000))
+        with pytest.raises(ConfigError, match="MiB free"):
+            train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "h.safetensors", 1), **QUIET)
+
+    def read_only(*a, **kw):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(ConfigError, match="read-only"):
+            train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "h.safetensors", 1), **QUIET)
+    assert made == []  # no sample was made: nothing trained before the errors
+
+
+def test_a_full_disk_during_the_run_is_a_clear_error_and_keeps_no_partial_file(tiny_backend, tiny_pairs,
+                                                                               head_config, tmp_path, monkeypatch):
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_bytes_durably", full)
+    with pytest.raises(ValueError, match="could not write .*No space left on device"):
+        train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "h.safetensors", 1, ckpt_every=1), **QUIET)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_loss_is_zero_for_a_perfect_prediction_and_positive_otherwise():
-    a = procedural_matte(32, 1)[1][None]
+    a = synthetic_matte(32, 1, "fine")[1][None]
     fg = torch.rand(1, 3, 32, 32)
     canvas = green_canvas(32, 32, (0, 1, 0), False)[None]
     image = a * fg + (1 - a) * canvas
@@ -79,54 +185,8 @@ def test_loss_is_zero_for_a_perfect_prediction_and_positive_otherwise():
     assert worse.item() > 0.05
 
 
-def test_data_helpers(tmp_path):
-    from diffumatting.common.images import save_png
-
-    d = tmp_path / "subj"
-    d.mkdir()
-    fg, a = procedural_matte(40, 2)
-    save_png(d / "image.png", fg)
-    save_png(d / "alpha.png", a.expand(3, -1, -1))
-    pairs = load_pairs(tmp_path)
-    assert pairs[0].name == "subj" and pairs[0].alpha.shape == (1, 40, 40)
-    g = torch.Generator().manual_seed(0)
-    cf, ca = random_crop(pairs[0].fg, pairs[0].alpha, 64, g)  # bigger than the image: padded
-    assert cf.shape == (3, 64, 64) and ca.shape == (1, 64, 64)
-    c = green_canvas(16, 16, (0, 1, 0), True, g)
-    assert c.shape == (3, 16, 16) and 0 <= c.min() and c.max() <= 1 and c.std() > 0
-    import pytest
-
-    with pytest.raises(ValueError, match="no \\(fg or image, alpha\\) pairs"):
-        load_pairs(d)
-
-
-def test_procedural_mattes_are_deterministic_in_range_and_include_fine_structure():
-    from diffumatting.matting_head.procedural import _feathers
-
-    fg, a = procedural_matte((40, 56), 11)
-    fg2, a2 = procedural_matte((40, 56), 11)
-    assert fg.shape == (3, 40, 56) and a.shape == (1, 40, 56)
-    assert torch.equal(fg, fg2) and torch.equal(a, a2)
-    assert 0 <= float(fg.min()) and float(fg.max()) <= 1 and 0 <= float(a.min()) and float(a.max()) <= 1
-    # feathers: sub-pixel shafts and barbs -> mostly partial coverage where there is any coverage at all
-    fractions = []
-    for seed in range(6):
-        f = _feathers(torch.Generator().manual_seed(seed), 96, 96)
-        assert f.shape == (96, 96) and 0 <= float(f.min()) and float(f.max()) <= 1
-        covered = f > 0.02
-        assert covered.float().mean() > 0.02, "a feather matte should cover part of the crop"
-        fractions.append(float(((f > 0.02) & (f < 0.98)).sum() / covered.sum()))
-    assert sum(fractions) / len(fractions) > 0.5
-    # the mix draws every kind: over many seeds some mattes are mostly partial coverage (feathers)
-    partial = [float(((m > 0.02) & (m < 0.98)).float().mean() / (m > 0.02).float().mean().clamp_min(1e-6))
-               for m in (procedural_matte(64, s)[1] for s in range(24))]
-    assert max(partial) > 0.6 and min(partial) < 0.3
-
-
 def test_loss_weights_select_terms_and_unknown_terms_are_an_error(tmp_path):
-    import pytest
-
-    a = procedural_matte(32, 1)[1][None]
+    a = synthetic_matte(32, 1, "fine")[1][None]
     fg = torch.rand(1, 3, 32, 32)
     canvas = green_canvas(32, 32, (0, 1, 0), False)[None]
     image = a * fg + (1 - a) * canvas
@@ -136,71 +196,32 @@ def test_loss_weights_select_terms_and_unknown_terms_are_an_error(tmp_path):
     assert loss.item() == pytest.approx(2 * parts["l2"], rel=1e-6) and parts["l2"] > 0
     default, _ = head_loss(pred, a, fg, canvas, image)
     assert default.item() > loss.item()
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
     with pytest.raises(ValueError, match="unknown term"):
-        train_head(backend, _pairs(), _cfg(tmp_path, 1, loss_weights={"sharpness": 1.0}), progress=False,
-                   log_fn=lambda *_: None)
+        TrainConfig(out="h.safetensors", loss_weights={"sharpness": 1.0})
 
 
-def test_init_starts_from_a_head_file_and_checks_the_decoder(tmp_path):
-    import pytest
-
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
-    first = train_head(backend, _pairs(), _cfg(tmp_path / "a", 3), progress=False, log_fn=lambda *_: None)
-    start, _ = load_head(first)
-    # zero steps from --init: the written head is the start head
-    out = train_head(backend, _pairs(), _cfg(tmp_path / "b", 0, init=first), progress=False, log_fn=lambda *_: None)
-    same, meta = load_head(out)
-    for k, v in start.state_dict().items():
-        assert torch.equal(v, same.state_dict()[k]), k
-    assert meta["training"]["init"]["file"] == "head.safetensors" and meta["training"]["init"]["steps"] == 3
-    # two steps of fine-tuning change it, with the start head's architecture
-    out = train_head(backend, _pairs(), _cfg(tmp_path / "c", 2, init=first), progress=False, log_fn=lambda *_: None)
-    tuned, meta = load_head(out)
-    assert tuned.config == start.config
-    assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
-    other = TaesdBackend(random_tiny_autoencoder(4, 8, seed=2), "other-taesd")  # same layout, other weights
-    with pytest.raises(ValueError, match="different decoder weights"):
-        train_head(other, _pairs(), _cfg(tmp_path / "d", 1, init=first), progress=False, log_fn=lambda *_: None)
+@pytest.mark.parametrize("field,value", [
+    ("ckpt_every", 0), ("refresh_every", 0), ("batch", 0), ("crop", 100000), ("crop", 60), ("lr", 1e30),
+    ("lr", -1.0), ("lr", float("nan")), ("steps", -5), ("workers", -1), ("buffer_init", 0),
+    ("synthetic_fraction", 1.5)])
+def test_bad_settings_name_their_field(field, value):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(out="h.safetensors", **{field: value})
+    assert err.value.field == field and str(err.value).startswith(f"{field}: expected")
 
 
-def test_train_head_cli_rejects_bad_loss_weights_and_missing_init(tmp_path, capsys):
-    import pytest
-
-    from diffumatting.cli import CLIError
-    from diffumatting.cli.commands.train_head import _loss_weights
-
-    assert _loss_weights("l2=16, grad=0") == {"l2": 16.0, "grad": 0.0} and _loss_weights("") == {}
-    for bad in ("l2", "sharp=1", "l2=-1", "l2=x", "l2=nan"):
-        with pytest.raises(CLIError, match="--loss-weights"):
-            _loss_weights(bad)
-    from diffumatting.cli import main
-
-    rc = main(["train-head", "--taesd", str(tmp_path), "--out", str(tmp_path / "h.safetensors"),
-               "--init", str(tmp_path / "nope.safetensors")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "--init" in err and "does not exist" in err
-    for flag, value, says in (("--device", "gpu", "expected cpu, cuda"), ("--workers", "-1", "0 or more")):
-        rc = main(["train-head", "--taesd", str(tmp_path), "--out", str(tmp_path / "h.safetensors"), flag, value])
-        err = capsys.readouterr().err
-        assert rc == 2 and flag in err and says in err, err
-
-
-def test_samples_are_the_same_with_worker_processes_and_after_a_resume_point():
+def test_samples_are_the_same_with_worker_processes_and_after_a_resume_point(tiny_backend, tiny_pairs):
     """Sample k is a pure function of (seed, k): two worker processes give the in-process stream, and a maker that
     starts at index 3 (as after a resume) continues it instead of repeating it."""
-    from diffumatting.matting_head.train import SampleMaker
-
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
     cfg = TrainConfig(out="unused.safetensors", crop=32, seed=5, synthetic_fraction=0.5)
-    inline = SampleMaker(backend, _pairs(), cfg)
+    inline = SampleMaker(tiny_backend, tiny_pairs, cfg)
     first = inline.make(3) + inline.make(3)
-    pooled = SampleMaker(backend, _pairs(), TrainConfig(**{**cfg.__dict__, "workers": 2}))
+    pooled = SampleMaker(tiny_backend, tiny_pairs, TrainConfig(**{**cfg.__dict__, "workers": 2}))
     try:
         again = pooled.make(4) + pooled.make(2)
     finally:
         pooled.close()
-    later = SampleMaker(backend, _pairs(), cfg, made=3).make(3)
+    later = SampleMaker(tiny_backend, tiny_pairs, cfg, made=3).make(3)
     for a, b in zip(first, again):
         for k in ("rgb", "alpha", "fg", "canvas", "key"):
             assert torch.equal(a[k], b[k]), k
@@ -209,36 +230,68 @@ def test_samples_are_the_same_with_worker_processes_and_after_a_resume_point():
     assert not torch.equal(first[0]["alpha"], first[1]["alpha"])  # distinct samples, not one repeated
 
 
-def test_training_with_workers_writes_a_head(tmp_path):
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
-    out = train_head(backend, _pairs(), _cfg(tmp_path, 2, workers=2), progress=False, log_fn=lambda *_: None)
+def test_training_with_workers_writes_a_head(tiny_backend, tiny_pairs, head_config, tmp_path):
+    out = train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "h.safetensors", 1, workers=2, buffer_init=2),
+                     **QUIET)
     _, meta = load_head(out)
-    assert meta["training"]["steps"] == 2 and meta["training"]["device"] == "cpu"
+    assert meta["training"]["steps"] == 1 and meta["training"]["device"] == "cpu"
 
 
-def test_bad_device_and_workers_are_clear_errors(tmp_path):
-    import pytest
+def test_bad_device_and_workers_without_fork_are_clear_errors(tiny_backend, tiny_pairs, head_config, tmp_path,
+                                                              monkeypatch):
+    import multiprocessing
 
-    from diffumatting.matting_head.train import check_device
-
-    assert check_device("cpu").type == "cpu"
-    assert check_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="expected cpu, cuda"):
         check_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             check_device("cuda")
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
-    with pytest.raises(ValueError, match="workers"):
-        train_head(backend, _pairs(), _cfg(tmp_path, 1, workers=-1), progress=False, log_fn=lambda *_: None)
-
-
-def test_workers_without_fork_are_a_clear_error(tmp_path, monkeypatch):
-    import multiprocessing
-
-    import pytest
-
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    backend = TaesdBackend(random_tiny_autoencoder(4, 8, seed=1), "random-taesd")
     with pytest.raises(ValueError, match="fork"):
-        train_head(backend, _pairs(), _cfg(tmp_path, 1, workers=2), progress=False, log_fn=lambda *_: None)
+        train_head(tiny_backend, tiny_pairs, head_config(tmp_path / "h.safetensors", 1, workers=2), **QUIET)
+
+
+# ---- the CLI: every bad value is a one-line error naming its flag, before anything is loaded
+
+
+def _cli(tmp_path, capsys, *extra):
+    from diffumatting.cli import main
+
+    rc = main(["train-head", "--taesd", str(tmp_path / "no-taesd-here"), "--out", str(tmp_path / "h.safetensors"),
+               "--no-progress", *extra])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--ckpt-every", "0", ">= 1"), ("--refresh-every", "0", ">= 1"), ("--batch", "0", ">= 1"),
+    ("--threads", "-1", "0 (torch's default) or more"), ("--crop", "100000", "32..1024"),
+    ("--lr", "1e30", "<= 1.0"), ("--lr", "-1", "> 0.0"), ("--lr", "nan", "> 0.0"), ("--steps", "-5", ">= 0"),
+    ("--workers", "-1", ">= 0"), ("--device", "gpu", "expected cpu, cuda")])
+def test_cli_rejects_bad_values_up_front(tmp_path, capsys, flag, value, says):
+    """#19 H1-H6, H12 (and --lr -1/nan, --workers, --device): exit 2, one line naming the flag, nothing loaded (the
+    --taesd folder does not exist, so reaching the loader would give another message)."""
+    rc, err = _cli(tmp_path, capsys, flag, value)
+    assert rc == 2 and err.startswith(f"error: {flag}") and says in err and err.count("\n") == 1, err
+
+
+def test_cli_rejects_bad_outputs_loss_weights_and_init(tmp_path, capsys):
+    from diffumatting.cli import CLIError
+    from diffumatting.cli.commands.train_head import _loss_weights
+
+    assert _loss_weights("l2=16, grad=0") == {"l2": 16.0, "grad": 0.0} and _loss_weights("") == {}
+    for bad in ("l2", "sharp=1", "l2=-1", "l2=x", "l2=nan"):
+        with pytest.raises(CLIError, match="--loss-weights"):
+            _loss_weights(bad)
+    rc, err = _cli(tmp_path, capsys, "--init", str(tmp_path / "nope.safetensors"))
+    assert rc == 2 and "--init" in err and "does not exist" in err
+    (tmp_path / "x.safetensors").mkdir()
+    from diffumatting.cli import main
+
+    rc = main(["train-head", "--taesd", str(tmp_path), "--out", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --out") and "is a folder" in err  # #19 H7
+    (tmp_path / "file").write_text("x")
+    rc = main(["train-head", "--taesd", str(tmp_path), "--out", str(tmp_path / "file" / "h.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --out") and "not a folder" in err

@@ -124,3 +124,85 @@ def test_prior_kind_round_trips_and_older_files_default_to_colour_difference(tmp
     assert old.config["prior"] == "colour_difference"
     with pytest.raises(ValueError, match="config prior"):
         MattingHead(info["tap_channels"], {**SMALL, "prior": "magic"})
+
+
+def _crafted(tmp_path, head, info, name, **meta_changes):
+    """The head's weights with its metadata changed (a valid safetensors file) -> path."""
+    meta = {"format": "diffumatting.matting_head", "version": "1", "decoder_family": "taesd",
+            "latent_channels": "4", "taps": json.dumps(info["taps"]), "tap_channels": json.dumps([8] * 4),
+            "config": json.dumps(head.config)}
+    meta.update(meta_changes)
+    path = tmp_path / f"{name}.safetensors"
+    save_file(dict(head.state_dict()), str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"config": {"width_16": 200000}}, "width_16"), ({"config": {"blocks_32": "many"}}, "blocks_32"),
+    ({"config": {"lateral": [8, 8, 8]}}, "lateral"), ({"config": {"predict_fg": "yes"}}, "predict_fg"),
+    ({"config": {"width_9": 8}}, "width_9"), ({"latent_channels": "abc"}, "latent_channels"),
+    ({"latent_channels": "100000"}, "latent_channels"), ({"tap_channels": json.dumps([8, 8, 8, 10 ** 9])}, "tap_channels"),
+    ({"tap_channels": json.dumps([16, 8, 8, 8])}, "tap_channels"), ({"taps": json.dumps(["1"])}, "taps")])
+def test_crafted_metadata_is_refused_naming_the_file_and_field_before_allocation(tmp_path, monkeypatch, change,
+                                                                               field):
+    """#19 N10 / S3: absurd or mistyped metadata gives a clear ValueError naming the file and the field, and no
+    real-size network is built for it (only shapes on the meta device)."""
+    from diffumatting.matting_head import weights
+
+    path, head, info, _ = _saved(tmp_path)
+    meta = dict(change)
+    if "config" in meta:
+        meta["config"] = json.dumps({**head.config, **meta["config"]})
+    bad = _crafted(tmp_path, head, info, "crafted", **meta)
+    built = []
+    real = weights.MattingHead
+
+    def spy(*a, **kw):
+        m = real(*a, **kw)
+        built.append(next(m.parameters()).device.type)
+        return m
+
+    monkeypatch.setattr(weights, "MattingHead", spy)
+    with pytest.raises(ValueError) as err:
+        load_head(bad)
+    message = str(err.value)
+    assert "crafted.safetensors" in message and field in message, message
+    assert "cpu" not in built, "a network was allocated before the metadata was checked"
+
+
+def test_save_head_refuses_non_finite_weights_and_fp16_overflow(tmp_path):
+    """#19 H6: 2.4e30 is finite in fp32 but inf in the fp16 head file: refused, nothing written."""
+    path, head, info, _ = _saved(tmp_path)
+    with torch.no_grad():
+        head.stage1[-1].bias.fill_(2.4e30)
+    with pytest.raises(ValueError, match="stage1.4.bias.*NaN or infinite.*float16"):
+        save_head(tmp_path / "big.safetensors", head, info, dtype=torch.float16)
+    assert not (tmp_path / "big.safetensors").exists() and not list(tmp_path.glob(".*partial*"))
+    save_head(tmp_path / "big32.safetensors", head, info)  # fine in fp32
+    with torch.no_grad():
+        head.stage1[-1].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        save_head(tmp_path / "nan.safetensors", head, info)
+
+
+def test_committed_head_still_loads_with_identical_weights_and_outputs():
+    """The committed TAEF2 head (head weights format, not a training checkpoint) loads unchanged."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(__file__).resolve().parents[2] / "weights" / "diffumatting_head_taef2.safetensors"
+    head, meta = load_head(path)
+    raw = load_file(str(path))
+    assert raw.keys() == head.state_dict().keys()
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, raw[k].float()), k
+    direct = MattingHead(meta["tap_channels"], meta["config"]).eval()
+    direct.load_state_dict({k: v.float() for k, v in raw.items()})
+    g = torch.Generator().manual_seed(0)
+    taps = [torch.randn(1, c, 32 // s, 32 // s, generator=g) for c, s in zip(meta["tap_channels"], (8, 4, 2, 1))]
+    rgb = torch.rand(1, 3, 32, 32, generator=g)
+    ka = torch.rand(1, 1, 32, 32, generator=g)
+    with torch.no_grad():
+        a, b = head(taps, rgb, ka), direct(taps, rgb, ka)
+    assert torch.equal(a["alpha"], b["alpha"]) and torch.equal(a["fg"], b["fg"])

@@ -80,3 +80,39 @@ def test_write_folder_roundtrip(tmp_path):
     assert torch.allclose(loaded.rgb[:1], alpha, atol=1 / 255 + 1e-6)
     assert (tmp_path / "synth_000004" / "caption.txt").read_text().strip() == "a thing"
     assert not list(tmp_path.rglob("*.partial*"))
+
+
+def test_fine_family_is_deterministic_in_range_and_mostly_fine_structure():
+    from diffumatting.synthetic.procedural import _feathers
+
+    fg, a = synthetic_matte((40, 56), 11, "fine")
+    fg2, a2 = synthetic_matte((40, 56), 11, "fine")
+    assert fg.shape == (3, 40, 56) and a.shape == (1, 40, 56)
+    assert torch.equal(fg, fg2) and torch.equal(a, a2)
+    assert 0 <= float(fg.min()) and float(fg.max()) <= 1 and 0 <= float(a.min()) and float(a.max()) <= 1
+    # feathers and dandelion tufts: sub-pixel shafts and barbs -> mostly partial coverage where there is coverage
+    fractions = []
+    for seed in range(6):
+        f = _feathers(torch.Generator().manual_seed(seed), 96, 96)
+        assert f.shape == (96, 96) and 0 <= float(f.min()) and float(f.max()) <= 1
+        covered = f > 0.02
+        assert covered.float().mean() > 0.02, "a feather matte should cover part of the crop"
+        fractions.append(float(((f > 0.02) & (f < 0.98)).sum() / covered.sum()))
+    assert sum(fractions) / len(fractions) > 0.5
+    # the family mixes every kind: over many seeds some mattes are mostly partial coverage (feathers), some not
+    partial = [float(((m > 0.02) & (m < 0.98)).float().mean() / (m > 0.02).float().mean().clamp_min(1e-6))
+               for m in (synthetic_matte(64, s, "fine")[1] for s in range(24))]
+    assert max(partial) > 0.6 and min(partial) < 0.3
+
+
+def test_mixed_family_draws_both_families_by_seed_and_bad_family_raises():
+    kinds = set()
+    for seed in range(12):
+        m = synthetic_matte(32, seed, "mixed")[1]
+        kinds.add("shapes" if torch.equal(m, synthetic_matte(32, seed, "shapes")[1]) else
+                  "fine" if torch.equal(m, synthetic_matte(32, seed, "fine")[1]) else "?")
+    assert kinds == {"shapes", "fine"}
+    with pytest.raises(ValueError, match="family"):
+        synthetic_matte(32, 0, "feathers")
+    with pytest.raises(ValueError, match="size"):
+        synthetic_matte(8, 0, "fine")

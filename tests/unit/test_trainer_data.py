@@ -15,9 +15,10 @@ from diffumatting.trainer.data import (
     build_prompt,
     clean_folder_caption,
     collate,
-    composite,
+    names_word,
     scan_folder,
 )
+from diffumatting.trainer.augment import over
 from diffumatting.trainer.losses import background_mask, transition_band
 
 GREEN = torch.tensor([0.0, 1.0, 0.0])
@@ -38,7 +39,7 @@ def test_item_contents_and_masks(tmp_path):
     assert item["prompt"] == "a fluffy toy, isolated on a pure green screen background"
     assert item["has_key_word"]
     # composite onto the key colour, masks consistent with the loss helpers
-    assert torch.allclose(item["image"], composite(item["fg"], item["alpha"], GREEN), atol=1e-6)
+    assert torch.allclose(item["image"], over(item["fg"], item["alpha"], GREEN), atol=1e-6)
     a = item["alpha"][None]
     assert torch.equal(item["bg"], background_mask(a)[0])
     assert torch.equal(item["band"], transition_band(a, ds.opts.band_radius)[0])
@@ -159,7 +160,15 @@ def test_bad_options_and_folders(tmp_path):
         DataOptions(scale=(0.9, 0.5))
     with pytest.raises(ValueError, match="caption_dropout"):
         DataOptions(caption_dropout=1.5)
+    with pytest.raises(ValueError, match="band_radius"):  # #19 T5: every sample would fail later otherwise
+        DataOptions(band_radius=-1)
     with pytest.raises(ValueError, match="data"):
         GreenDataset(tmp_path, opts())
     with pytest.raises(ValueError, match="data"):
         scan_folder(tmp_path / "missing")
+
+
+def test_names_word():
+    assert names_word("isolated on a pure green screen background", "green")
+    assert names_word("on Greens", "green") and not names_word("on evergreen", "green")
+    assert not names_word("on a plain background", "green")

@@ -192,6 +192,10 @@ def test_checkpoint_listing_and_bad_files(tmp_path):
         read_checkpoint(d / "step_00000010.safetensors")
     with pytest.raises(ValueError, match="not a DiffuMatting"):
         read_checkpoint(d / "step_00000002.safetensors")
+    save_file({"lora.x": torch.zeros(1)}, str(d / "step_00000004.safetensors"),
+              metadata={"diffumatting.train_state": "{}"})  # the previous format
+    with pytest.raises(ValueError, match="step_00000004.safetensors was written by an older version.*--no-resume"):
+        read_checkpoint(d / "step_00000004.safetensors")
 
 
 def test_initial_weights_depend_on_seed_only():

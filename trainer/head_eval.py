@@ -1,23 +1,25 @@
-"""Held-out evaluation helpers for the head (used by the training monitor and the benchmark)."""
+"""Held-out evaluation of a matting head (the head trainer's monitor and the benchmark)."""
 
 from __future__ import annotations
 
 import torch
 
-from .data import PURE_GREEN, Pair, composite, crop_to_multiple, green_canvas
-from .keyer import prior_alpha
+from ..matting_head.keyer import prior_alpha
+from .augment import PURE_GREEN, crop_to_multiple, green_canvas, over
+from .pairs import Pair
 
 
 @torch.no_grad()
 def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_GREEN, seed: int = 1234,
                  keep_taps: bool = True) -> list[dict]:
-    """Composite each pair on a canvas, encode, decode with taps -> list of dicts (name, rgb, taps, alpha, key)."""
+    """pairs -> per pair a dict (name, rgb [1,3,H,W], taps, alpha [1,1,H,W], key [1,3], image, latent): each pair
+    cropped to a multiple of 8, composited on a canvas of ``key``, encoded and decoded with taps."""
     out = []
     for i, p in enumerate(pairs):
         fg, a = crop_to_multiple(p.fg), crop_to_multiple(p.alpha)
         g = torch.Generator().manual_seed(seed + i)
         canvas = green_canvas(a.shape[-2], a.shape[-1], key, realistic, g)
-        image = composite(fg, a, canvas)[None]
+        image = over(fg, a, canvas)[None]
         z = backend.encode(image)
         rgb, taps = backend.decode_taps(z)
         out.append({"name": p.name, "rgb": rgb, "taps": [t.half() for t in taps] if keep_taps else None,
@@ -36,7 +38,7 @@ def head_alpha(head, item: dict) -> torch.Tensor:
 
 
 def make_monitor(prepared: list[dict]):
-    """-> monitor(head) -> {"heldout_mse", "heldout_key_mse", "ratio"} (mean over subjects)."""
+    """prepared items -> monitor(head) -> {"heldout_mse", "heldout_key_mse", "ratio", "per_subject"} (means)."""
     key_mse: dict[str, list[float]] = {}  # per prior kind, computed once
 
     def monitor(head):

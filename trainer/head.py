@@ -1,17 +1,24 @@
-"""Head training on a frozen decoder: green composites -> encode -> (slightly noised) latent -> decode with taps ->
-head -> alpha, against the ground truth. Samples are produced into a buffer that is partly refreshed every step
-(the frozen encoder/decoder cost far more than the head, so each decoded sample is reused several times).
-Checkpoints (head, optimiser, step, RNG) are written atomically every ``ckpt_every`` steps; ``resume`` continues
-from the last one, so a killed run loses at most one interval. The final head is written with metadata.
+"""The head training loop (on the training toolkit): matting head on a frozen decoder.
 
-Each new sample is a pure function of (seed, sample index) (``sample_seed``), so ``workers`` CPU processes can make
-the crops and canvases ahead of time (useful on a GPU, where the encoder/decoder/head are fast and the CPU side is
-not) and the stream is the same for any number of workers and across a resume. ``device`` runs the frozen decoder
-(TAESD family), the buffer and the head there."""
+Green composites -> encode -> (slightly noised) latent -> decode with taps -> head -> alpha, against the ground
+truth. Samples are produced into a buffer that is partly refreshed every step (the frozen encoder/decoder cost far
+more than the head, so each decoded sample is reused several times). The network, taps and weights format live
+in ``matting_head/``; the checkpoint, schedule, seeding, pair loading, augmentation and matte generator come
+from this package (``checkpoint``, ``schedule``, ``seeding``, ``pairs``, ``augment``) and ``synthetic``.
+
+Checkpoints (``<out>.ckpt.safetensors``: head, Adam, LR scheduler, RNG, step, the decoder's fingerprint and the
+head's architecture) are written atomically every ``ckpt_every`` steps; ``resume`` continues from the last one
+(refused, with a message naming the file, when it was made for another decoder or architecture), so a killed run
+loses at most one interval. The final head is written with metadata (``matting_head.weights.save_head``).
+
+Each new sample is a pure function of (seed, sample index) (``trainer.seeding.sample_seed``), so ``workers`` CPU
+processes can make the crops and canvases ahead of time (useful on a GPU, where the encoder/decoder/head are fast
+and the CPU side is not) and the stream is the same for any number of workers and across a resume. ``device``
+runs the frozen decoder (TAESD family), the buffer and the head there.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import multiprocessing
@@ -23,11 +30,41 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..common.files import atomic_path
-from .data import Pair, composite, green_canvas, jitter_colour, random_crop, random_key
-from .network import MattingHead
-from .taps import TapRecorder, tap_spec
-from .weights import save_head
+from ..matting_head.network import MattingHead
+from ..matting_head.taps import TapRecorder, tap_spec
+from ..matting_head.weights import save_head
+from . import checkpoint
+from .augment import HEAD_JITTER, green_canvas, over, random_crop, random_key
+from .pairs import Pair
+from .schedule import head_warmup, lr_scheduler
+from .seeding import chance, randint, sample_generator, sample_seed, uniform
+
+CKPT_KIND = "matting_head"
+MIN_CROP, MAX_CROP = 32, 1024  # px; the decoded buffer holds `buffer` crops with their taps in memory
+MAX_LR = 1.0  # Adam on this head diverges far below; a larger value is a typo (e.g. 1e30)
+SYNTH_FAMILIES = ("shapes", "fine")  # synthetic.synthetic_matte families mixed into the head's samples
+
+
+class ConfigError(ValueError):
+    """A head-training setting is out of range: ``field`` names it (the CLI shows it as ``--field-name``)."""
+
+    def __init__(self, field_name: str, detail: str):
+        super().__init__(f"{field_name}: {detail}")
+        self.field = field_name
+        self.detail = detail
+
+
+def _int(name, v, lo, hi=None):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+        raise ConfigError(name, f"expected {rng}, got {v!r}")
+
+
+def _num(name, v, lo, hi, lo_open=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+        (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        raise ConfigError(name, f"expected a number {'>' if lo_open else '>='} {lo} and <= {hi}, got {v!r}")
 
 
 @dataclass
@@ -55,6 +92,31 @@ class TrainConfig:
     device: str = "cpu"  # where the frozen decoder (TAESD family), the sample buffer and the head run
     workers: int = 0  # CPU processes making samples ahead (0 = in the training process)
 
+    def __post_init__(self) -> None:
+        """Every setting checked up front: ConfigError naming the field and its range."""
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError("out", f"expected a .safetensors file name, got {self.out!r}")
+        _int("steps", self.steps, 0)
+        _int("batch", self.batch, 1)
+        _int("crop", self.crop, MIN_CROP, MAX_CROP)
+        if self.crop % 8:
+            raise ConfigError("crop", f"expected a multiple of 8 in {MIN_CROP}..{MAX_CROP}, got {self.crop}")
+        _num("lr", self.lr, 0.0, MAX_LR, lo_open=True)
+        _int("buffer", self.buffer, 1)
+        _int("buffer_init", self.buffer_init, 1, self.buffer)
+        if self.batch > self.buffer:
+            raise ConfigError("batch", f"expected at most --buffer ({self.buffer}) samples, got {self.batch}")
+        _int("refresh", self.refresh, 0, self.buffer)
+        _int("refresh_every", self.refresh_every, 1)
+        for name in ("synthetic_fraction", "realistic_fraction", "noise_fraction"):
+            _num(name, getattr(self, name), 0.0, 1.0)
+        _num("noise_max", self.noise_max, 0.0, 10.0)
+        _int("ckpt_every", self.ckpt_every, 1)
+        _int("seed", self.seed, 0)
+        _num("max_minutes", self.max_minutes, 0.0, 1e7)
+        _int("workers", self.workers, 0)
+        check_loss_weights(self.loss_weights)
+
 
 class TaesdBackend:
     """A TAESD-family autoencoder as a training/benchmark backend (images [0,1], latents raw)."""
@@ -78,74 +140,59 @@ class TaesdBackend:
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B,3,H,W] in [0,1] -> latent [B,C,H/8,W/8] (raw)."""
         return self.ae.encode(image.to(self.device))
 
     @torch.no_grad()
     def decode_taps(self, latent: torch.Tensor, transforms=None):
+        """latent [B,C,h,w] -> (rgb [B,3,8h,8w] in [0,1], 4 taps [B,C_i,8h/s,8w/s] for s = 8,4,2,1)."""
         with TapRecorder(self.spec.modules, transforms) as rec:
             rgb = self.ae.decode(latent.to(self.device))
         return rgb, rec.take()
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent [B,C,h,w] -> rgb [B,3,8h,8w] in [0,1]."""
         return self.ae.decode(latent.to(self.device))
 
 
-def _synthetic_source():
-    """The project's synthetic_matte if importable and working, else our procedural generator."""
-    from .procedural import procedural_matte
+def make_sample(pairs: list[Pair], cfg: TrainConfig, index: int) -> dict:
+    """The CPU part of training sample ``index``, a pure function of (cfg.seed, index): {"fg" [3,s,s],
+    "alpha" [1,s,s], "key" [3], "canvas" [3,s,s]} in [0,1] (s = cfg.crop) plus "noise" (latent noise sigma
+    relative to the latent's std, 0 = none) and "noise_seed"."""
+    from ..synthetic import synthetic_matte
 
-    try:
-        from ..synthetic import synthetic_matte  # noqa: WPS433
-        fg, a = synthetic_matte(64, 0)
-        if fg.shape == (3, 64, 64) and a.shape == (1, 64, 64):
-            return [synthetic_matte, procedural_matte]
-    except Exception:  # the module may not exist yet or be mid-edit; our own generator suffices
-        pass
-    return [procedural_matte]
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """(run seed, sample index) -> the sample's own RNG seed (a hash: neighbouring indices give unrelated streams)."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def make_sample(pairs: list[Pair], cfg: TrainConfig, synth: list, seed: int) -> dict:
-    """The CPU part of one training sample, a pure function of ``seed``: {"fg" [3,s,s], "alpha" [1,s,s], "key" [3],
-    "canvas" [3,s,s]} in [0,1] (s = cfg.crop) plus "noise" (latent noise sigma relative to the latent's std, 0 = none)
-    and "noise_seed"."""
-    g = torch.Generator().manual_seed(seed)
+    g = sample_generator(cfg.seed, index)
     size = cfg.crop
-    if not pairs or torch.rand(1, generator=g).item() < cfg.synthetic_fraction:
-        fn = synth[int(torch.randint(len(synth), (1,), generator=g))]
-        big = int(size * (1 + torch.rand(1, generator=g).item()))
-        fg, a = fn(big, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
+    if not pairs or chance(g, cfg.synthetic_fraction):
+        family = SYNTH_FAMILIES[randint(g, 0, len(SYNTH_FAMILIES) - 1)]
+        big = int(size * (1 + uniform(g, 0.0, 1.0)))
+        fg, a = synthetic_matte(big, randint(g, 0, 2 ** 31 - 2), family)
         fg, a = random_crop(fg, a, size, g, scale=(size / big, 1.0), focus_edges=0.3)
     else:
-        p = pairs[int(torch.randint(len(pairs), (1,), generator=g))]
+        p = pairs[randint(g, 0, len(pairs) - 1)]
         fg, a = random_crop(p.fg, p.alpha, size, g, scale=(0.3, 1.0))
-    fg = jitter_colour(fg, g)
+    fg = HEAD_JITTER(fg, g)
     key = random_key(g)
-    realistic = torch.rand(1, generator=g).item() < cfg.realistic_fraction
+    realistic = chance(g, cfg.realistic_fraction)
     canvas = green_canvas(fg.shape[-2], fg.shape[-1], key, realistic, g)
-    noise = cfg.noise_max * torch.rand(1, generator=g).item() if torch.rand(1, generator=g).item() < cfg.noise_fraction \
-        else 0.0
-    return {"fg": fg, "alpha": a, "key": key, "canvas": canvas, "noise": noise,
-            "noise_seed": int(torch.randint(2 ** 62, (1,), generator=g))}
+    noisy = chance(g, cfg.noise_fraction)
+    noise = cfg.noise_max * uniform(g, 0.0, 1.0)
+    return {"fg": fg, "alpha": a, "key": key, "canvas": canvas, "noise": noise if noisy else 0.0,
+            "noise_seed": sample_seed(cfg.seed, index, "noise")}
 
 
-_WORKER = None  # (pairs, cfg, synth) in a sample worker process, inherited through fork
+_WORKER = None  # (pairs, cfg) in a sample worker process, inherited through fork
 
 
-def _worker_init(pairs, cfg, synth):
+def _worker_init(pairs, cfg):
     global _WORKER
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
-    _WORKER = (pairs, cfg, synth)
+    _WORKER = (pairs, cfg)
 
 
-def _worker_sample(seed: int) -> dict:
-    return make_sample(*_WORKER, seed)
+def _worker_sample(index: int) -> dict:
+    return make_sample(*_WORKER, index)
 
 
 class SampleMaker:
@@ -154,7 +201,6 @@ class SampleMaker:
 
     def __init__(self, backend, pairs: list[Pair], cfg: TrainConfig, made: int = 0):
         self.backend, self.pairs, self.cfg = backend, pairs, cfg
-        self.synth = _synthetic_source()
         self.made = made  # samples handed out so far (the next one's index)
         self.pool = None
         self.pending: deque = deque()
@@ -162,10 +208,10 @@ class SampleMaker:
         if cfg.workers > 0:
             # fork: the workers inherit the loaded pairs (no pickling); create before any GPU use in this process
             if "fork" not in multiprocessing.get_all_start_methods():
-                raise ValueError(f"workers: {cfg.workers} sample processes need the 'fork' start method, which this "
-                                 "platform lacks (Windows); use 0 workers")
+                raise ConfigError("workers", f"{cfg.workers} sample processes need the 'fork' start method, which "
+                                  "this platform lacks (Windows); use 0 workers")
             ctx = multiprocessing.get_context("fork")
-            self.pool = ctx.Pool(cfg.workers, initializer=_worker_init, initargs=(pairs, cfg, self.synth))
+            self.pool = ctx.Pool(cfg.workers, initializer=_worker_init, initargs=(pairs, cfg))
 
     def seek(self, index: int) -> None:
         """Continue the sample stream at ``index`` (after a resume); samples made ahead for other indices are dropped."""
@@ -179,13 +225,12 @@ class SampleMaker:
             self.pool = None
 
     def _crops(self, n: int) -> list[dict]:
-        seed = self.cfg.seed
         if self.pool is None:
-            out = [make_sample(self.pairs, self.cfg, self.synth, sample_seed(seed, self.made + i)) for i in range(n)]
+            out = [make_sample(self.pairs, self.cfg, self.made + i) for i in range(n)]
         else:
             ahead = n + 4 * self.cfg.workers  # bounded prefetch: results never pile up beyond this
             while len(self.pending) < ahead:
-                self.pending.append(self.pool.apply_async(_worker_sample, (sample_seed(seed, self.submitted),)))
+                self.pending.append(self.pool.apply_async(_worker_sample, (self.submitted,)))
                 self.submitted += 1
             out = [self.pending.popleft().get() for _ in range(n)]
         self.made += n
@@ -193,11 +238,12 @@ class SampleMaker:
 
     @torch.no_grad()
     def make(self, n: int, device=None) -> list[dict]:
+        """n -> the next n samples: dicts of taps (4), rgb, alpha, fg, canvas (half precision) and key."""
         crops = self._crops(n)
         fg = torch.stack([c["fg"] for c in crops])
         a = torch.stack([c["alpha"] for c in crops])
         canvas = torch.stack([c["canvas"] for c in crops])
-        image = composite(fg, a, canvas)
+        image = over(fg, a, canvas)
         z = self.backend.encode(image)
         for i, c in enumerate(crops):
             if c["noise"] > 0:
@@ -213,14 +259,16 @@ class SampleMaker:
         return out
 
 
+# ---- the head loss (method.md)
+
 def _band(alpha: torch.Tensor, r: int) -> torch.Tensor:
-    """Transition band: dilate(0 < alpha < 1) by r px -> [B,1,H,W] in {0,1}."""
+    """alpha [B,1,H,W] -> transition band [B,1,H,W] in {0,1}: dilate(0 < alpha < 1) by r px."""
     part = ((alpha > 0.01) & (alpha < 0.99)).float()
     return F.max_pool2d(part, 2 * r + 1, 1, r)
 
 
 def _laplacian_l1(pred, gt, levels=5, weight=None):
-    """L1 of a Laplacian pyramid (2x2 box pyramid, nearest expand) of the error; cheap on CPU."""
+    """pred, gt [B,1,H,W] -> L1 of a Laplacian pyramid (2x2 box pyramid, nearest expand) of the error."""
     err = pred - gt
     loss = 0.0
     for i in range(levels):
@@ -256,7 +304,9 @@ def check_loss_weights(weights: dict) -> dict:
 
 
 def head_loss(out: dict, alpha, fg, canvas, image, weights: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """Method.md's head loss: L1 + Laplacian-pyramid L1 + 0.5 Sobel-gradient L1 (band x3) + composition (+ fg L1),
+    """out {"alpha" [B,1,H,W], "fg"? [B,3,H,W]}, alpha/fg/canvas/image [B,C,H,W] in [0,1] -> (loss scalar, parts).
+
+    Method.md's head loss: L1 + Laplacian-pyramid L1 + 0.5 Sobel-gradient L1 (band x3) + composition (+ fg L1),
     plus an MSE term; ``weights`` overrides LOSS_WEIGHTS (keys l1, l2, lap, grad, comp, fg)."""
     wt = {**LOSS_WEIGHTS, **(weights or {})}
     pred = out["alpha"]
@@ -266,7 +316,7 @@ def head_loss(out: dict, alpha, fg, canvas, image, weights: dict | None = None) 
     lap = _laplacian_l1(pred, alpha, 5, w)
     (py, px), (gy, gx) = _grad(pred), _grad(alpha)
     grad = (w[..., :-1, :-1] * ((py - gy).abs() + (px - gx).abs())).mean()
-    comp = (pred * fg + (1 - pred) * canvas - image).abs().mean()
+    comp = (over(fg, pred, canvas) - image).abs().mean()
     total = wt["l1"] * l1 + wt["l2"] * l2 + wt["lap"] * lap + wt["grad"] * grad + wt["comp"] * comp
     parts = {"l1": l1.item(), "l2": l2.item(), "lap": lap.item(), "grad": grad.item(), "comp": comp.item()}
     if "fg" in out:
@@ -277,6 +327,7 @@ def head_loss(out: dict, alpha, fg, canvas, image, weights: dict | None = None) 
 
 
 def batch_from_buffer(buffer: list[dict], idx: list[int], dtype=torch.float32):
+    """buffer items, indices -> (4 taps [B,C_i,h,w] channels-last, rgb, alpha, fg, canvas [B,C,H,W], keys [B,3])."""
     s = [buffer[i] for i in idx]
     taps = [torch.stack([x["taps"][k] for x in s]).to(dtype).contiguous(memory_format=torch.channels_last)
             for k in range(4)]
@@ -285,66 +336,30 @@ def batch_from_buffer(buffer: list[dict], idx: list[int], dtype=torch.float32):
     return taps, get("rgb"), get("alpha"), get("fg"), get("canvas"), keys
 
 
-# ---- checkpoints (safetensors: head + Adam moments; JSON metadata: step, config, RNG)
+# ---- checkpoints
 
-def _ckpt_path(cfg: TrainConfig) -> str:
+def ckpt_path(cfg: TrainConfig) -> str:
+    """The training checkpoint beside the final head: ``<out without .safetensors>.ckpt.safetensors``."""
     base = cfg.out[: -len(".safetensors")] if cfg.out.endswith(".safetensors") else cfg.out
     return base + ".ckpt.safetensors"
 
 
-def save_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
-                    g: torch.Generator, elapsed: float, log: list, made: int = 0) -> None:
-    from safetensors.torch import save_file
-
-    sd = {f"head.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    names = {id(p): n for n, p in head.named_parameters()}
-    opt_steps = {}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if st:
-                n = names[id(p)]
-                sd[f"opt.{n}.exp_avg"] = st["exp_avg"].contiguous().cpu()
-                sd[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous().cpu()
-                opt_steps[n] = float(st["step"])
-    sd["rng.generator"] = g.get_state()
-    meta = {"step": str(step), "config": json.dumps(asdict(cfg)), "opt_steps": json.dumps(opt_steps),
-            "elapsed": str(elapsed), "log": json.dumps(log[-200:]), "torch_rng": "1", "made": str(made)}
-    sd["rng.torch"] = torch.get_rng_state()
-    with atomic_path(path) as tmp:
-        save_file(sd, tmp, metadata=meta)
+def _decoder_record(info: dict) -> dict:
+    return {k: info.get(k) for k in ("family", "name", "latent_channels", "taps", "tap_channels", "fingerprint")}
 
 
-def load_checkpoint(path: str, head: MattingHead, opt: torch.optim.Optimizer, g: torch.Generator):
-    """-> (step, elapsed seconds, log, samples made). Raises ValueError for a corrupt or foreign checkpoint."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise ValueError(f"resume: {path} is not a readable checkpoint ({exc})") from exc
-    if "step" not in meta:
-        raise ValueError(f"resume: {path} is not a head-training checkpoint (no 'step' metadata)")
-    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
-    opt_steps = json.loads(meta.get("opt_steps", "{}"))
-    for n, p in head.named_parameters():
-        if f"opt.{n}.exp_avg" in sd:
-            opt.state[p] = {"step": torch.tensor(opt_steps.get(n, 0.0)), "exp_avg": sd[f"opt.{n}.exp_avg"].to(p),
-                            "exp_avg_sq": sd[f"opt.{n}.exp_avg_sq"].to(p)}
-    g.set_state(sd["rng.generator"])
-    torch.set_rng_state(sd["rng.torch"])
-    return (int(meta["step"]), float(meta.get("elapsed", 0)), json.loads(meta.get("log", "[]")),
-            int(meta.get("made", 0)))
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    warm = min(200, cfg.steps // 10)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+def _check_resume(path: str, saved: dict, info: dict, head: MattingHead) -> None:
+    hint = "pass --no-resume or delete it (or use another --out)"
+    dec, now = saved.get("decoder") or {}, _decoder_record(info)
+    for key, what in (("family", "decoder family"), ("latent_channels", "latent channels"),
+                      ("tap_channels", "decoder tap widths"), ("fingerprint", "decoder weights (fingerprint)")):
+        if dec.get(key) != now.get(key):
+            raise checkpoint.CheckpointError(
+                f"resume: {path} was made for another decoder ({dec.get('name') or '?'}: {what} {dec.get(key)!r}, "
+                f"this run's {now.get('name') or '?'} has {now.get(key)!r}); {hint}")
+    if saved.get("head_config") != head.config:
+        raise checkpoint.CheckpointError(f"resume: {path} holds a head of another architecture "
+                                         f"({saved.get('head_config')} vs {head.config}); {hint}")
 
 
 def check_device(name: str) -> torch.device:
@@ -367,50 +382,87 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def check_output(cfg: TrainConfig, head: MattingHead) -> None:
+    """Up front: ``out`` and its checkpoint are file names (not folders) in a writable folder with room for the
+    checkpoints and the final head. ConfigError("out", ...) otherwise."""
+    for path in (cfg.out, ckpt_path(cfg)):
+        if os.path.isdir(path):
+            raise ConfigError("out", f"{path} is a folder; expected a .safetensors file name")
+    # checkpoint = weights + two Adam moments (fp32); old and new coexist during a save; the final head in fp16
+    need = checkpoint.state_nbytes(head, copies=3) * 2 + checkpoint.state_nbytes(head) // 2 + (1 << 20)
+    try:
+        checkpoint.check_writable(os.path.dirname(os.path.abspath(cfg.out)), need, "out")
+    except ValueError as exc:
+        raise ConfigError("out", str(exc)[len("out: "):]) from None
+
+
 def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True, progress: bool = True,
                monitor=None, log_fn=print) -> str:
     """Train a head for ``backend`` on ``pairs`` (+ synthetic mattes); returns the path of the final head file.
 
-    ``monitor(head) -> dict`` (optional) is called at every checkpoint; its numbers go into the log."""
-    if cfg.batch > cfg.buffer or cfg.buffer_init > cfg.buffer:
-        raise ValueError("batch and buffer_init must not exceed buffer")
-    if cfg.workers < 0:
-        raise ValueError(f"workers: expected 0 or more processes, got {cfg.workers}")
-    check_loss_weights(cfg.loss_weights)
+    Everything that can be checked is checked before the first sample is made (settings, device, output folder,
+    the checkpoint to resume from). ``monitor(head) -> dict`` (optional) is called at every checkpoint; its
+    numbers go into the log."""
     device = check_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
     info = backend.info()
     init_training = None
     if cfg.init:
-        from .weights import check_compatible, load_head
+        from ..matting_head.weights import check_compatible, load_head
 
         head, start_info = load_head(cfg.init)
         check_compatible(start_info, info)
         head = head.float().requires_grad_(True)  # load_head gives a frozen inference head
         init_training = {"file": os.path.basename(cfg.init), **(start_info.get("training") or {})}
     else:
-        head = MattingHead(info["tap_channels"], cfg.head_config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(cfg.seed, "init"))
+            head = MattingHead(info["tap_channels"], cfg.head_config)
+    check_output(cfg, head)
+    ckpt = ckpt_path(cfg)
+    checkpoint.clean_stale(ckpt)
+    checkpoint.clean_stale(cfg.out)
+    saved = None
+    if resume and os.path.isfile(ckpt):
+        saved = checkpoint.load(ckpt, CKPT_KIND, "pass --no-resume or delete it (or use another --out)")
+        _check_resume(ckpt, saved.get("info", {}), info, head)
     # the sample workers fork before this process touches the GPU (a forked child must not inherit a CUDA context)
     maker = SampleMaker(backend, pairs, cfg)
     try:
-        return _train(backend, pairs, cfg, head, maker, g, device, info, init_training, resume, progress, monitor,
+        return _train(backend, pairs, cfg, head, maker, device, info, init_training, saved, progress, monitor,
                       log_fn)
     finally:
         maker.close()
 
 
-def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, resume, progress, monitor, log_fn):
+def _check_weights_finite(head: MattingHead, step: int, ckpt: str) -> None:
+    bad = next((n for n, p in head.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise ValueError(f"train-head: the head's weights became non-finite by step {step} ({bad!r}); the learning "
+                         f"rate is too high for this run. {ckpt} keeps the last good state")
+
+
+def _train(backend, pairs, cfg, head, maker, device, info, init_training, saved, progress, monitor, log_fn):
     if hasattr(backend, "to"):
         backend.to(device)
     head = head.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    ckpt = _ckpt_path(cfg)
+    sched = lr_scheduler(opt, cfg.steps, head_warmup(cfg.steps), "cosine", floor=0.05)
+    g = sample_generator(cfg.seed, "loop")
+    ckpt = ckpt_path(cfg)
     step, elapsed, log = 0, 0.0, []
-    if resume and os.path.isfile(ckpt):
-        step, elapsed, log, made = load_checkpoint(ckpt, head, opt, g)
-        maker.seek(made)
+    if saved is not None:
+        meta = checkpoint.restore(saved, model=head, optimizer=opt, scheduler=sched, generators={"loop": g})
+        step, elapsed, log = int(meta["step"]), float(meta.get("elapsed", 0.0)), list(meta.get("log", []))
+        maker.seek(int(meta["made"]))
         log_fn(f"resumed from {ckpt} at step {step}")
+
+    def save_ckpt():
+        _check_weights_finite(head, step, ckpt)
+        state = checkpoint.capture(model=head, optimizer=opt, scheduler=sched, generators={"loop": g}, step=step,
+                                   made=maker.made, elapsed=time.time() - start, log=log[-200:],
+                                   config=asdict(cfg), decoder=_decoder_record(info), head_config=head.config)
+        checkpoint.save(ckpt, state, CKPT_KIND)
+
     buffer: list[dict] = []
     while len(buffer) < cfg.buffer_init:
         buffer += maker.make(min(4 if cfg.workers == 0 else 32, cfg.buffer_init - len(buffer)), device)
@@ -419,7 +471,7 @@ def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, res
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train-head", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc="train-head", unit="step", dynamic_ncols=True)
     head.train()
     running = None
     stop_reason = "done"
@@ -436,17 +488,17 @@ def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, res
         idx = torch.randperm(len(buffer), generator=g)[: cfg.batch].tolist()
         taps, rgb, alpha, fg, canvas, keys = batch_from_buffer(buffer, idx)
         ka = head.prior(rgb, keys)
-        image = composite(fg, alpha, canvas)
-        for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, cfg)
+        image = over(fg, alpha, canvas)
         out = head(taps, rgb, ka)
         loss, parts = head_loss(out, alpha, fg, canvas, image, cfg.loss_weights)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"train-head: loss became {loss.item()} at step {step}")
+            raise ValueError(f"train-head: the loss became {loss.item()} at step {step + 1} (learning rate too "
+                             f"high?); {ckpt} keeps the last good state")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
+        sched.step()
         step += 1
         mse = F.mse_loss(out["alpha"].detach(), alpha).item()
         key_mse = F.mse_loss(ka, alpha).item()
@@ -464,41 +516,24 @@ def _train(backend, pairs, cfg, head, maker, g, device, info, init_training, res
                 head.train()
             log.append(entry)
             log_fn(json.dumps(entry))
-            save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log, maker.made)
+            save_ckpt()
     if bar is not None:
         bar.close()
-    save_checkpoint(ckpt, head, opt, step, cfg, g, time.time() - start, log, maker.made)
+    save_ckpt()
     head.eval()
     training = {"steps": step, "planned_steps": cfg.steps, "minutes": round((time.time() - start) / 60, 1),
                 "stopped": stop_reason, "crop": cfg.crop, "batch": cfg.batch,
                 "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
-                "synthetic_sources": [f.__module__ + "." + f.__name__ for f in maker.synth],
+                "synthetic_sources": [f"synthetic.synthetic_matte({f})" for f in SYNTH_FAMILIES],
                 "noise_max": cfg.noise_max, "device": device.type, **cfg.notes}
     if cfg.loss_weights:
         training["loss_weights"] = {**LOSS_WEIGHTS, **cfg.loss_weights}
     if init_training is not None:
         training["init"] = init_training
-    save_head(cfg.out, head.cpu(), info, training, dtype=torch.float16)
+    try:
+        save_head(cfg.out, head.cpu(), info, training, dtype=torch.float16)
+    except OSError as exc:
+        raise ConfigError("out", f"could not write {cfg.out}: {exc.strerror or exc}; {ckpt} keeps the trained "
+                          "state (rerun to write the head)") from None
     log_fn(f"wrote {cfg.out} ({stop_reason}, step {step})")
     return cfg.out
-
-
-def export_checkpoint(ckpt: str, out: str, decoder_info: dict, training_extra: dict | None = None,
-                      dtype: torch.dtype | None = torch.float16) -> str:
-    """Write the head weights of a training checkpoint as a head file (e.g. to evaluate a run in progress)."""
-    from safetensors import safe_open
-
-    with safe_open(ckpt, framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
-    cfg = json.loads(meta.get("config", "{}"))
-    head = MattingHead(decoder_info["tap_channels"], cfg.get("head_config") or {})
-    head.load_state_dict(state)
-    save_head(out, head, decoder_info, {"steps": int(meta.get("step", 0)), "from_checkpoint": os.path.basename(ckpt),
-                                         "subjects": (cfg.get("notes") or {}).get("subjects", []),
-                                         "minutes": round(float(meta.get("elapsed", 0)) / 60, 1),
-                                         "crop": cfg.get("crop"), "batch": cfg.get("batch"),
-                                         "synthetic_fraction": cfg.get("synthetic_fraction"),
-                                         "noise_max": cfg.get("noise_max"),
-                                         **(cfg.get("notes") or {}), **(training_extra or {})}, dtype=dtype)
-    return out

@@ -1,7 +1,7 @@
-"""Simple procedural (fg, alpha) pairs for head training volume: soft blobs with fuzzy edges, thin strands,
-meshes with holes, semi-transparent layers, and dense fine structure (feathers, dandelion-like tufts, fur) where
-most of the object is sub-pixel detail that a small latent decoder cannot reproduce exactly. Used when (or
-alongside) the project's ``synthetic`` module."""
+"""Fine-structure procedural (fg, alpha) pairs: soft blobs with fuzzy edges, thin strands, meshes with holes,
+semi-transparent layers, and dense fine structure (feathers, dandelion-like tufts, fur) where most of the object
+is sub-pixel detail that a small latent decoder cannot reproduce exactly. Drawn from a ``torch.Generator``, so a
+sample is a pure function of ``(size, seed)``. The "fine" family of :func:`synthetic.synthetic_matte`."""
 
 from __future__ import annotations
 
@@ -134,9 +134,9 @@ def _feathers(g, h, w):
     return torch.from_numpy(a).clamp(0, 1)
 
 
-def procedural_matte(size: int | tuple[int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(size, seed) -> (fg [3,H,W] in [0,1], alpha [1,H,W] in [0,1]); deterministic for a seed."""
-    h, w = (size, size) if isinstance(size, int) else size
+def fine_matte(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, w, seed) -> (fg [3,h,w] in [0,1], alpha [1,h,w] in [0,1]); deterministic for a seed (sizes checked by
+    the caller, :func:`synthetic.synthetic_matte`)."""
     g = torch.Generator().manual_seed(int(seed))
     kind = torch.rand(1, generator=g).item()
     if kind < 0.3:
