@@ -14,6 +14,14 @@ import os as _os
 __version__ = "0.1.0"
 MODELS_FOLDER = "diffumatting"
 PACK_DIR = _os.path.dirname(_os.path.abspath(__file__))  # the repository root: weights/, workflows/, assets/
+# The files the example workflows load (LoadImage / LoadVideo), by their name in ComfyUI's input folder -> the file
+# in the pack (assets/make_demo.py, assets/make_examples.py make them).
+EXAMPLE_INPUTS = {
+    "diffumatting_example_greenscreen.png": "assets/demo_greenscreen.png",
+    "diffumatting_example_background.png": "assets/examples/background.png",
+    "diffumatting_example_control.png": "assets/examples/control.png",
+    "diffumatting_example_background.mp4": "assets/examples/background.mp4",
+}
 
 
 def register_model_folder() -> None:
@@ -38,9 +46,57 @@ def register_model_folder() -> None:
         folder_paths.folder_names_and_paths[MODELS_FOLDER] = (paths, set(folder_paths.supported_pt_extensions))
 
 
+def install_example_inputs(input_dir: str) -> list[str]:
+    """Copy the example workflows' input files into ``input_dir`` where missing -> the names copied.
+
+    A file of that name already there is never touched (the user's own, or an earlier copy). Each copy goes to a
+    temporary file in ``input_dir`` first and is then renamed, so a half-written file never appears. A folder that
+    cannot be written logs one warning: the templates then need the files uploaded by hand.
+    """
+    import logging
+    import os
+    import shutil
+    import tempfile
+
+    copied = []
+    try:
+        os.makedirs(input_dir, exist_ok=True)
+        for name, rel in EXAMPLE_INPUTS.items():
+            dest = os.path.join(input_dir, name)
+            if os.path.exists(dest):
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=input_dir)
+            try:
+                with os.fdopen(fd, "wb") as out, open(os.path.join(PACK_DIR, rel), "rb") as src:
+                    shutil.copyfileobj(src, out)
+                os.replace(tmp, dest)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            copied.append(name)
+    except OSError as exc:
+        logging.warning("DiffuMatting: could not copy the example workflows' inputs into %s (%s); upload %s by hand "
+                        "to run those templates", input_dir, exc, ", ".join(EXAMPLE_INPUTS))
+    return copied
+
+
+def serving_ui() -> bool:
+    """True inside the ComfyUI app (its PromptServer exists before custom nodes load); False in a headless ComfyUI
+    (``comfy_bootstrap``: ``generate``, ``train``, the tests), which has no template browser."""
+    import sys
+
+    server = sys.modules.get("server")  # ComfyUI's top-level server.py
+    return getattr(getattr(server, "PromptServer", None), "instance", None) is not None
+
+
 async def comfy_entrypoint():
-    """V3 entry point: ComfyUI awaits this and asks the extension for its node list."""
+    """V3 entry point: ComfyUI awaits this and asks the extension for its node list. With a UI, the templates'
+    input files are put into the input folder first (:func:`install_example_inputs`)."""
+    import folder_paths
+
     register_model_folder()
+    if serving_ui():
+        install_example_inputs(folder_paths.get_input_directory())
     from .nodes import DiffuMattingExtension
 
     return DiffuMattingExtension()

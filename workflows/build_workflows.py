@@ -16,6 +16,8 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
+from diffumatting.common.keypresets import PRESET_LABELS  # noqa: E402  (torch-free)
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SD15 = "v1-5-pruned-emaonly.safetensors"
 SDXL = "sd_xl_base_1.0.safetensors"
@@ -23,18 +25,28 @@ HEAD = "diffumatting_head_sd.safetensors"
 
 SUBJECT = "a glass of orange juice with a straw, studio photo"
 NEG = "blurry, low quality"
+KEY = PRESET_LABELS["chroma_green"]  # the canvas colour GreenControl paints; its 'key' output carries it on
+# the files LoadImage / LoadVideo read: the pack copies them into ComfyUI's input folder (EXAMPLE_INPUTS)
+GREENSCREEN = "diffumatting_example_greenscreen.png"
+BACKGROUND = "diffumatting_example_background.png"
+CONTROL = "diffumatting_example_control.png"
+BACKGROUND_VIDEO = "diffumatting_example_background.mp4"
+INPUTS_NOTE = ("\n\nThe example inputs (diffumatting_example_*) are copied into ComfyUI's input folder when ComfyUI "
+               "starts; pick your own files in the Load nodes.")
 
 
 def _sampler(subject=SUBJECT, size=512, batch=1, seed=1234, steps=25, **kw):
     return {"model": ("ckpt", 0), "clip": ("ckpt", 1), "vae": ("ckpt", 2), "subject": subject, "negative": NEG,
-            "key_colour": "green", "strength": 0.8, "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
+            "key_colour": KEY, "strength": 0.8, "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
             "scheduler": "normal", "width": size, "height": size, "batch_size": batch, **kw}
 
 
-def _greenpost(image, alpha=None):
+def _greenpost(image, alpha=None, key=None):
     inputs = {"image": image}
     if alpha is not None:
         inputs["alpha"] = alpha
+    if key is not None:
+        inputs["key"] = key
     return inputs
 
 
@@ -42,13 +54,14 @@ WORKFLOWS = [
     dict(
         name="01_text_to_transparent_sd15",
         note="# Text to transparent object (SD1.5)\nGreenControlSampler paints the subject on a pure green canvas "
-             "(training-free, any SD1.5 checkpoint); GreenPost keys it into straight colour + alpha; SaveRGBA writes "
-             "an RGBA PNG and PreviewRGBA shows it on a checkerboard. No matting head needed.",
+             "(training-free, any SD1.5 checkpoint); GreenPost keys it into straight colour + alpha against the very "
+             "colour the canvas was painted with (the 'key' link); SaveRGBA writes an RGBA PNG and PreviewRGBA "
+             "shows it on a checkerboard. No matting head needed.",
         nodes=[
             ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15}),
             ("sample", "DiffuMattingGreenControlSampler", _sampler()),
             ("decode", "VAEDecode", {"samples": ("sample", 0), "vae": ("ckpt", 2)}),
-            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0))),
+            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0), key=("sample", "key"))),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                               "filename_prefix": "DiffuMatting/object", "format": "png"}),
@@ -58,14 +71,15 @@ WORKFLOWS = [
         name="02_text_to_transparent_matting_head",
         note="# Text to transparent object with the matting head (SD1.5)\nMattingHeadDecode decodes the latent and "
              "predicts alpha from the VAE decoder's features in the same pass; GreenPost keeps that alpha, unmixes "
-             "and despills. Put a matting head trained for your VAE in models/diffumatting.",
+             "and despills. Both key against the colour GreenControlSampler painted (the 'key' links). Put a "
+             "matting head trained for your VAE in models/diffumatting.",
         nodes=[
             ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15}),
             ("head", "DiffuMattingLoader", {"head_name": HEAD}),
             ("sample", "DiffuMattingGreenControlSampler", _sampler()),
             ("decode", "DiffuMattingMattingHeadDecode", {"samples": ("sample", 0), "vae": ("ckpt", 2),
-                                                          "head": ("head", 0)}),
-            ("key", "DiffuMattingGreenPost", _greenpost(("decode", "image"), ("decode", "alpha"))),
+                                                          "head": ("head", 0), "key": ("sample", "key")}),
+            ("key", "DiffuMattingGreenPost", _greenpost(("decode", "image"), ("decode", "alpha"), ("decode", "key"))),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                               "filename_prefix": "DiffuMatting/object_head", "format": "png16"}),
@@ -82,7 +96,7 @@ WORKFLOWS = [
             ("sample", "DiffuMattingGreenControlSampler",
              _sampler(subject="a cute ceramic owl figurine", model=("lora", 0), clip=("lora", 1))),
             ("decode", "VAEDecode", {"samples": ("sample", 0), "vae": ("ckpt", 2)}),
-            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0))),
+            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0), key=("sample", "key"))),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                               "filename_prefix": "DiffuMatting/object_lora", "format": "png"}),
@@ -92,14 +106,14 @@ WORKFLOWS = [
         name="04_text_to_transparent_controlnet",
         note="# Text to transparent object with a ControlNet\nGreenControl patches the MODEL and encodes the prompts; "
              "ControlNetApplyAdvanced adds the control (here Canny edges of a reference picture) to the conditioning; "
-             "any sampler (KSampler) then paints on the green canvas.",
+             "any sampler (KSampler) then paints on the green canvas." + INPUTS_NOTE,
         nodes=[
             ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15}),
             ("green", "DiffuMattingGreenControl", {"model": ("ckpt", 0), "clip": ("ckpt", 1), "vae": ("ckpt", 2),
                                                    "subject": "a vintage teapot", "negative": NEG,
-                                                   "key_colour": "green", "strength": 0.8}),
+                                                   "key_colour": KEY, "strength": 0.8}),
             ("cnload", "ControlNetLoader", {"control_net_name": "control_v11p_sd15_canny.safetensors"}),
-            ("ref", "LoadImage", {"image": "example_control.png"}),
+            ("ref", "LoadImage", {"image": CONTROL}),
             ("canny", "Canny", {"image": ("ref", 0), "low_threshold": 0.4, "high_threshold": 0.8}),
             ("apply", "ControlNetApplyAdvanced", {"positive": ("green", 1), "negative": ("green", 2),
                                                   "control_net": ("cnload", 0), "image": ("canny", 0), "vae": ("ckpt", 2),
@@ -109,7 +123,7 @@ WORKFLOWS = [
                                       "latent_image": ("latent", 0), "seed": 1234, "steps": 25, "cfg": 7.0,
                                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}),
             ("decode", "VAEDecode", {"samples": ("ksampler", 0), "vae": ("ckpt", 2)}),
-            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0))),
+            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0), key=("green", "key"))),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                               "filename_prefix": "DiffuMatting/object_controlnet", "format": "png"}),
@@ -124,7 +138,7 @@ WORKFLOWS = [
             ("sample", "DiffuMattingGreenControlSampler", _sampler(subject="a bouquet of sunflowers in a glass vase",
                                                                    size=1024)),
             ("decode", "VAEDecode", {"samples": ("sample", 0), "vae": ("ckpt", 2)}),
-            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0))),
+            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0), key=("sample", "key"))),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                               "filename_prefix": "DiffuMatting/object_sdxl", "format": "png"}),
@@ -133,9 +147,9 @@ WORKFLOWS = [
     dict(
         name="06_key_greenscreen_image",
         note="# Key an existing green-screen picture\nLoadImage -> GreenPost (key colour found automatically; blue "
-             "and other screens work too) -> RGBA PNG with straight alpha, and a checkerboard preview.",
+             "and other screens work too) -> RGBA PNG with straight alpha, and a checkerboard preview." + INPUTS_NOTE,
         nodes=[
-            ("load", "LoadImage", {"image": "example_greenscreen.png"}),
+            ("load", "LoadImage", {"image": GREENSCREEN}),
             ("key", "DiffuMattingGreenPost", _greenpost(("load", 0))),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
@@ -146,10 +160,10 @@ WORKFLOWS = [
         name="07_composite_onto_background",
         note="# Composite onto a background\nKey a green-screen object and place it on a background picture: "
              "position (fractions of the background), scale, anchor; linear-light blending and a touch of light "
-             "wrap make it sit in the scene.",
+             "wrap make it sit in the scene." + INPUTS_NOTE,
         nodes=[
-            ("load", "LoadImage", {"image": "example_greenscreen.png"}),
-            ("bg", "LoadImage", {"image": "example_background.png"}),
+            ("load", "LoadImage", {"image": GREENSCREEN}),
+            ("bg", "LoadImage", {"image": BACKGROUND}),
             ("key", "DiffuMattingGreenPost", _greenpost(("load", 0))),
             ("comp", "DiffuMattingAlphaComposite", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                                     "background": ("bg", 0), "x": 0.5, "y": 0.95, "scale": 0.6,
@@ -163,10 +177,10 @@ WORKFLOWS = [
         note="# Composite onto video frames\nOne keyed object over every frame of a video (a batch of images): "
              "AlphaComposite broadcasts a single object over many frames (or many objects over one background). "
              "The frames go back into a video with CreateVideo + SaveVideo; the object alone is also saved as a "
-             "WebM with alpha.",
+             "WebM with alpha." + INPUTS_NOTE,
         nodes=[
-            ("load", "LoadImage", {"image": "example_greenscreen.png"}),
-            ("video", "LoadVideo", {"file": "example_background.mp4"}),
+            ("load", "LoadImage", {"image": GREENSCREEN}),
+            ("video", "LoadVideo", {"file": BACKGROUND_VIDEO}),
             ("frames", "GetVideoComponents", {"video": ("video", 0)}),
             ("key", "DiffuMattingGreenPost", _greenpost(("load", 0))),
             ("comp", "DiffuMattingAlphaComposite", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
@@ -190,9 +204,10 @@ WORKFLOWS = [
             ("subject", "PrimitiveStringMultiline", {"value": "a knitted wool hat"}),
             ("sample", "DiffuMattingGreenControlSampler", _sampler(subject=("subject", 0), seed=("seed", 0))),
             ("decode", "VAEDecode", {"samples": ("sample", 0), "vae": ("ckpt", 2)}),
-            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0))),
+            ("key", "DiffuMattingGreenPost", _greenpost(("decode", 0), key=("sample", "key"))),
             ("dataset", "DiffuMattingSaveMattingDataset", {"image": ("decode", 0), "fg": ("key", "fg"),
-                                                           "alpha": ("key", "alpha"), "folder": "diffumatting_dataset",
+                                                           "alpha": ("key", "alpha"), "key": ("key", "key"),
+                                                           "folder": "diffumatting_dataset",
                                                            "prompt": ("subject", 0), "seed": ("seed", 0),
                                                            "model": SD15}),
             ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
@@ -337,7 +352,9 @@ def main() -> int:
 
     from diffumatting.comfy_bootstrap import start_comfyui
 
-    nodes = start_comfyui(comfyui, cpu=True, output_dir=tempfile.mkdtemp(prefix="dm-wf-")).nodes
+    scratch = tempfile.mkdtemp(prefix="dm-wf-")  # output and input folders of its own (the pack copies inputs)
+    nodes = start_comfyui(comfyui, cpu=True, output_dir=os.path.join(scratch, "output"),
+                          input_dir=os.path.join(scratch, "input")).nodes
     for wf in WORKFLOWS:
         infos = {kind: node_info(nodes.NODE_CLASS_MAPPINGS[kind]) for _, kind, _ in wf["nodes"]}
         ui, api = build(wf, infos)

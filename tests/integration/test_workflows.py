@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -166,41 +167,42 @@ def test_comfyui_lists_the_templates(comfy):
 # Running the API twins on the tiny models
 
 
-def _conftest():
-    import importlib.util
+def _template_inputs() -> set[str]:
+    named = set()
+    for path in API_DIR.glob("*.json"):
+        for node in json.loads(path.read_text()).values():
+            if node["class_type"] == "LoadImage":
+                named.add(node["inputs"]["image"])
+            elif node["class_type"] == "LoadVideo":
+                named.add(node["inputs"]["file"])
+    return named
 
-    spec = importlib.util.spec_from_file_location("_dm_conftest_helpers", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
+def test_a_ui_start_puts_the_templates_inputs_into_a_fresh_input_folder(comfy, tmp_path, monkeypatch):
+    """Issue #19: when ComfyUI starts with its UI (a PromptServer exists), the pack's entry point copies every file
+    the templates' LoadImage / LoadVideo nodes name into an empty input folder, where ComfyUI's own checks find
+    them; a headless start (generate, train) writes nothing there."""
+    import server
 
-def _write_inputs(comfy) -> None:
-    from diffumatting.common.images import save_png
-
-    make_test_image = _conftest().make_test_image
-
-    input_dir = Path(comfy.folder_paths.get_input_directory())
-    image, _ = make_test_image(64, 64, 1, "greenscreen")
-    save_png(input_dir / "example_greenscreen.png", image[0].movedim(-1, 0))
-    bg, _ = make_test_image(96, 80, 1, "background")
-    save_png(input_dir / "example_background.png", bg[0].movedim(-1, 0))
-    save_png(input_dir / "example_control.png", bg[0].movedim(-1, 0))
-    video = input_dir / "example_background.mp4"
-    if not video.exists():
-        import av
-        import numpy as np
-
-        with av.open(str(video), "w") as container:
-            stream = container.add_stream("mpeg4", rate=8)
-            stream.width, stream.height, stream.pix_fmt = 96, 80, "yuv420p"
-            for i in range(4):
-                frame = (bg[0].numpy() * 255).astype(np.uint8)
-                frame = np.roll(frame, 4 * i, axis=1)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+    fp = comfy.folder_paths
+    saved = fp.get_input_directory()
+    fresh = tmp_path / "fresh_input"
+    named = _template_inputs()
+    assert named and named <= set(comfy.pack.EXAMPLE_INPUTS), sorted(named - set(comfy.pack.EXAMPLE_INPUTS))
+    try:
+        fp.set_input_directory(str(fresh))
+        monkeypatch.setattr(server.PromptServer, "instance", None, raising=False)
+        asyncio.run(comfy.pack.comfy_entrypoint())
+        assert not fresh.exists() or not any(fresh.iterdir()), "a headless start wrote into the input folder"
+        monkeypatch.setattr(server.PromptServer, "instance", object(), raising=False)
+        asyncio.run(comfy.pack.comfy_entrypoint())
+        for name in named:
+            assert (fresh / name).is_file(), f"{name} is not in the input folder {fresh}"
+            assert fp.exists_annotated_filepath(name)
+        listed = fp.filter_files_content_types(os.listdir(fresh), ["image", "video"])
+        assert set(comfy.pack.EXAMPLE_INPUTS) <= set(listed)  # what LoadImage / LoadVideo offer
+    finally:
+        fp.set_input_directory(saved)
 
 
 def _write_lora(ns, name: str, tiny) -> None:
@@ -279,7 +281,7 @@ def _outputs(result, node_id):
 def test_api_workflow_runs_on_tiny_models(comfy, run_prompt, tiny_sd15, name):
     prompt = json.loads((API_DIR / f"{name}.json").read_text())
     kinds = {node["class_type"] for node in prompt.values()}
-    _write_inputs(comfy)
+    comfy.pack.install_example_inputs(comfy.folder_paths.get_input_directory())  # what a UI start does
     for node in prompt.values():
         if node["class_type"] == "LoraLoader":
             _write_lora(comfy, node["inputs"]["lora_name"], tiny_sd15)

@@ -147,3 +147,34 @@ def test_decode_with_head_reports_the_keys_it_used():
     assert [x.hex for x in as_tensor["keys"]] == [k.hex] * 2
     assert len(key_list(torch.rand(2, 3), 2)) == 2
 
+
+# ------------------------------------------------------------------------------------------------------------------
+# issue #19: the templates' inputs on a fresh install
+
+
+def test_every_template_input_is_shipped_and_installed_once(tmp_path):
+    """Each file a shipped workflow loads (LoadImage / LoadVideo) is in EXAMPLE_INPUTS and in the pack; installing
+    copies them into an empty input folder, a second start copies nothing, a user's own file is never replaced."""
+    from pathlib import Path
+
+    import diffumatting
+
+    root = Path(diffumatting.PACK_DIR)
+    named = set()
+    for path in (root / "workflows" / "api").glob("*.json"):
+        for node in json.loads(path.read_text()).values():
+            if node["class_type"] == "LoadImage":
+                named.add(node["inputs"]["image"])
+            elif node["class_type"] == "LoadVideo":
+                named.add(node["inputs"]["file"])
+    assert named == set(diffumatting.EXAMPLE_INPUTS)
+    for rel in diffumatting.EXAMPLE_INPUTS.values():
+        assert (root / rel).is_file(), rel
+    mine = tmp_path / "input" / "diffumatting_example_control.png"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's own file")
+    copied = diffumatting.install_example_inputs(str(tmp_path / "input"))
+    assert set(copied) == named - {mine.name}
+    assert mine.read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in (tmp_path / "input").iterdir()) == sorted(named)  # no temporary files left
+    assert diffumatting.install_example_inputs(str(tmp_path / "input")) == []

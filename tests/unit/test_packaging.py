@@ -46,10 +46,18 @@ def test_wheel_holds_only_files_of_the_tree(wheel):
             assert (REPO_ROOT / name[len("diffumatting/"):]).is_file(), f"{name} is in the wheel but not in the tree"
 
 
+def _example_inputs() -> list[str]:
+    """The files the pack copies into ComfyUI's input folder for the templates (``EXAMPLE_INPUTS``)."""
+    import diffumatting
+
+    return list(diffumatting.EXAMPLE_INPUTS.values())
+
+
 def test_wheel_holds_the_data_the_code_reads(wheel):
     names = set(wheel.namelist())
     for path in [*REPO_ROOT.glob("weights/*.safetensors"), *REPO_ROOT.glob("workflows/*.json"),
-                 *REPO_ROOT.glob("workflows/api/*.json"), REPO_ROOT / "assets" / "make_demo.py"]:
+                 *REPO_ROOT.glob("workflows/api/*.json"), REPO_ROOT / "assets" / "make_demo.py",
+                 *(REPO_ROOT / rel for rel in _example_inputs())]:
         rel = path.relative_to(REPO_ROOT).as_posix()
         assert f"diffumatting/{rel}" in names, f"{rel} is missing from the wheel"
     assert not any(n.startswith(("diffumatting/tests/", "diffumatting/bench/")) for n in names)
