@@ -1,6 +1,17 @@
-"""The head's prior input: a plain colour-difference keyer (fixed, so a head trained on it never depends on how
-another module's keyer evolves) or GreenPost itself (``prior = "greenpost"``: the head starts from GreenPost's
-alpha and learns a correction; such a head is tied to GreenPost's behaviour, recorded in its metadata)."""
+"""The head's prior input (``config["prior"]``, recorded in the head file's metadata), keyed against a KeyColour.
+
+Two priors, each an explicit dependency that a trained head is tied to:
+
+- ``"colour_difference"``: a fixed Vlahos keyer on the pack's one colour-difference primitive
+  (``common.keycolour.key_difference``: ``G - max(R, B)`` for a green key), with fixed black/white points. It does
+  not depend on GreenPost; it changes only if that primitive does (tested to equal the older argmax form for every
+  key with one dominant channel).
+- ``"greenpost"``: GreenPost's alpha (``greenpost.green_post``, fixed despeckle area). The head learns a correction
+  of it, so such a head depends on GreenPost's behaviour: a change in GreenPost's alpha changes its output, and the
+  head benchmark (bench/matting_head.py) is the check to rerun after one.
+
+The key for "auto" comes from the pack's one estimator (``common.keycolour``) on the decoded image's border ring
+(or, tiled, on the decoded border strips)."""
 
 from __future__ import annotations
 

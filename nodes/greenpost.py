@@ -79,6 +79,8 @@ class DiffuMattingGreenPost(io.ComfyNode):
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"image: expected an IMAGE [B,H,W,3], got {shape}")
+        if image.shape[0] == 0:
+            raise ValueError(f"image: the batch is empty (shape {tuple(image.shape)}); connect at least one image")
         x = image.movedim(-1, 1).float()
         if x.shape[1] == 4:
             x = x[:, :3]  # an RGBA IMAGE: key its colour; connect its alpha as 'alpha' to keep it

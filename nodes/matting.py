@@ -13,6 +13,8 @@ from .common import (MattingHead, category, check_interrupted, check_key_widget,
 
 FOLDER = "diffumatting"
 NONE = "none"
+DEFAULT_KEY_PRESET = "chroma_green"  # GreenControl's default canvas: one canvas, one key colour
+MAX_LATENT = 1e4  # |latent| beyond this is no VAE latent (they stay within tens); decoding it gives inf/NaN
 
 
 class LoadedHead:
@@ -130,6 +132,16 @@ class DiffuMattingLoader(io.ComfyNode):
         return io.NodeOutput(head, model)
 
 
+def _check_latent_values(z: torch.Tensor) -> None:
+    """ValueError naming ``samples`` for NaN / infinite / absurdly large latent values (not a deep decoder error)."""
+    lo, hi = (float(v) for v in torch.aminmax(z.detach().float()))
+    if not (lo == lo and hi == hi) or abs(lo) == float("inf") or abs(hi) == float("inf"):
+        raise ValueError("samples: the latent contains NaN or infinite values (did the sampler diverge?)")
+    if max(abs(lo), abs(hi)) > MAX_LATENT:
+        raise ValueError(f"samples: latent values reach {max(abs(lo), abs(hi)):.3g}; a VAE latent stays within "
+                         f"+-{MAX_LATENT:g} (did the sampler diverge?)")
+
+
 class DiffuMattingMattingHeadDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -144,10 +156,11 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The VAE whose decoder the head was trained on."),
                 MattingHead.Input("head", tooltip="A matting head from DiffuMattingLoader."),
                 io.Combo.Input("key_colour", options=key_colour_options(custom=False),
-                               default=preset_label("pure_green"),
-                               tooltip="Canvas colour the latent was generated on, or auto (estimated from the "
-                               "decoded image's border). Heads are trained with the nominal canvas colour: connect "
-                               "GreenControlSampler's 'key' to 'key' to use exactly the colour it painted."),
+                               default=preset_label(DEFAULT_KEY_PRESET),
+                               tooltip="Canvas colour the latent was generated on (the default is GreenControl's "
+                               "default canvas), or auto (estimated from the decoded image's border). Heads are "
+                               "trained with the nominal canvas colour: connect GreenControlSampler's 'key' to 'key' "
+                               "to use exactly the colour it painted (a connected key wins)."),
                 io.Boolean.Input("tiled", default=False,
                                  tooltip="Decode in tiles (for large images or little memory); tiles are blended "
                                  "over the overlap."),
@@ -175,7 +188,8 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         return check_key_widget(key_colour, custom=False)
 
     @classmethod
-    def execute(cls, samples, vae, head, key_colour="pure_green", tiled=False, tile_size=512, overlap=128, key=None):
+    def execute(cls, samples, vae, head, key_colour=DEFAULT_KEY_PRESET, tiled=False, tile_size=512, overlap=128,
+                key=None):
         import comfy.model_management as mm
 
         from ..matting_head.decode import count_tiles, decode_with_head
@@ -188,6 +202,10 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         if not isinstance(z, torch.Tensor) or z.ndim != 4:
             raise ValueError(f"samples: expected an image latent [B,C,h,w], got "
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        if z.shape[0] == 0 or z.shape[-1] == 0 or z.shape[-2] == 0:
+            raise ValueError(f"samples: the latent is empty (shape {tuple(z.shape)}); connect a latent with at least "
+                             "one image")
+        _check_latent_values(z)
         spec = tap_spec(vae.first_stage_model)
         check_compatible(head.info, spec.info())
         keys = socket_keys(key, z.shape[0]) if key is not None else widget_key(key_colour)
@@ -210,6 +228,9 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
 
         def decode_fn(lat):
             out = vae.first_stage_model.decode(lat.to(vae.vae_dtype).to(device))
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError("samples: decoding this latent gives NaN or infinite pixels (its values are out of "
+                                 f"range for this VAE in {str(vae.vae_dtype).replace('torch.', '')})")
             return vae.process_output(out.float()).to(dtype)
 
         n_tiles = count_tiles(h, w, tile, ov) * z.shape[0]

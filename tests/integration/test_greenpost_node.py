@@ -138,3 +138,34 @@ def test_keycolour_node_estimates_from_an_image_and_refuses_auto_without_one(com
     assert out["k"][0].word == "green"
     err = run_prompt({**_keycolour("2", "auto"), **_capture("3", ["2", 0], "k")}, expect_error=True)
     assert "connect one" in err["execution_error"]["exception_message"]
+
+
+class DMTestEmptyImage:
+    """An IMAGE batch of 0 images (what a filter or a batch slice can hand on); the core nodes make none."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"batch": ("INT", {"default": 0, "min": 0, "max": 2})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, batch):
+        return (torch.rand(batch, 64, 64, 3),)
+
+
+def test_node_with_an_empty_batch_is_a_clear_error(comfy, run_prompt):
+    """#19 N1: an empty batch is a ValueError naming image, not torch.cat's message."""
+    comfy.nodes.NODE_CLASS_MAPPINGS["DMTestEmptyImage"] = DMTestEmptyImage
+    try:
+        prompt = {"1": {"class_type": "DMTestEmptyImage", "inputs": {"batch": 0}}, **_greenpost("2", ["1", 0]),
+                  **_capture("3", ["2", 1], "alpha")}
+        err = run_prompt(prompt, expect_error=True)["execution_error"]
+        assert err["exception_type"].endswith("ValueError"), err
+        assert err["exception_message"].startswith("image:") and "empty" in err["exception_message"], err
+        assert "torch" not in err["exception_message"]
+        prompt["1"]["inputs"]["batch"] = 1  # the same graph with one image runs
+        assert run_prompt(prompt)["alpha"].shape == (1, 64, 64)
+    finally:
+        comfy.nodes.NODE_CLASS_MAPPINGS.pop("DMTestEmptyImage", None)

@@ -264,3 +264,77 @@ def test_train_head_on_comfyui_vae(comfy, random_sd15_checkpoint, tmp_path):
     head, meta = load_head(out)
     check_compatible(meta, backend.spec.info())
     assert meta["decoder_family"] == "autoencoderkl" and meta["training"]["steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# bad latents (#19 N7, N8): a clear error naming `samples`, not a torch message or one naming `image`
+
+
+class DMTestBadLatent:
+    """A LATENT the core nodes cannot make: an empty batch, a NaN value or a 1e30 value."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["empty", "nan", "huge", "fine"], {}), "width": ("INT", {"default": 8})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, kind, width):
+        z = torch.zeros(0 if kind == "empty" else 1, 4, width, width)
+        if kind == "nan":
+            z[0, 1, 2, 3] = float("nan")
+        elif kind == "huge":
+            z[0, 0, 0, 0] = 1e30
+        return ({"samples": z},)
+
+
+@pytest.fixture()
+def bad_latent_node(comfy):
+    comfy.nodes.NODE_CLASS_MAPPINGS["DMTestBadLatent"] = DMTestBadLatent
+    yield "DMTestBadLatent"
+    comfy.nodes.NODE_CLASS_MAPPINGS.pop("DMTestBadLatent", None)
+
+
+def _bad_latent_prompt(head_name: str, kind: str, key: str = "chroma green #00B140") -> dict:
+    p = decode_prompt("sd15", head_name, key=key)
+    p["lat"] = {"class_type": "DMTestBadLatent", "inputs": {"kind": kind, "width": 8}}
+    return p
+
+
+@pytest.mark.parametrize("kind, words", [("empty", "empty"), ("nan", "NaN or infinite"), ("huge", "1e+30")])
+def test_bad_latent_is_a_clear_error_naming_samples(run_prompt, heads, bad_latent_node, kind, words):
+    res = run_prompt(_bad_latent_prompt(heads["sd15"], kind), expect_error=True)
+    err = res["execution_error"]
+    msg = err["exception_message"]
+    assert err["exception_type"].endswith("ValueError"), err
+    assert msg.startswith("samples:") and words in msg, msg
+    assert "torch" not in msg and "image:" not in msg, msg
+
+
+def test_a_fine_latent_from_the_same_node_decodes(run_prompt, heads, bad_latent_node):
+    """The bad-latent node itself is not the problem: with ordinary values the same prompt runs."""
+    out = run_prompt(_bad_latent_prompt(heads["sd15"], "fine"))
+    assert out["alpha"].shape == (1, 64, 64) and torch.isfinite(out["alpha"]).all()
+
+
+def test_old_saved_key_values_still_validate_and_mean_the_same(run_prompt, heads):
+    """MattingHeadDecode's key_colour was free text before it became a combo: what old workflows stored there
+    ("pure_green", "green", a hex) validates and keys exactly as the labelled preset does."""
+    ref = run_prompt(decode_prompt("sd15", heads["sd15"], batch=1, latent_from_image=True, key="pure green #00FF00"))
+    for old in ("pure_green", "#00ff00", "0,255,0"):
+        out = run_prompt(decode_prompt("sd15", heads["sd15"], batch=1, latent_from_image=True, key=old))
+        assert torch.equal(out["alpha"], ref["alpha"]), old
+        assert out["key"][0].hex == "#00ff00", old
+    green = run_prompt(decode_prompt("sd15", heads["sd15"], batch=1, latent_from_image=True, key="green"))
+    assert green["key"][0].preset == "chroma_green"
+    bad = run_prompt(decode_prompt("sd15", heads["sd15"], batch=1, key="chartreuse-ish"), expect_error=True)
+    assert "chartreuse-ish" in str(bad)
+
+
+def test_default_key_is_greencontrols_default(comfy):
+    """One canvas, one key colour even unwired: MattingHeadDecode's default is GreenControlSampler's canvas."""
+    dec = comfy.node_classes["DiffuMattingMattingHeadDecode"].INPUT_TYPES()["required"]["key_colour"][1]
+    gc = comfy.node_classes["DiffuMattingGreenControlSampler"].INPUT_TYPES()["required"]["key_colour"][1]
+    assert dec["default"] == gc["default"] == "chroma green #00B140"

@@ -313,3 +313,21 @@ def test_api_workflow_runs_on_tiny_models(comfy, run_prompt, tiny_sd15, name):
         elif kind in ("SaveImage", "SaveVideo"):
             assert _outputs(result, nid), f"{name}: {kind} produced nothing"
     assert kinds  # the workflow was not empty
+
+
+def test_key_output_slots_match_the_nodes(comfy):
+    """tests/unit/test_workflow_consistency.py reads the API files without ComfyUI; its key-output slots are these
+    nodes' real DIFFUMATTING_KEY_COLOUR outputs, and every key consumer it knows takes a 'key' input."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_dm_wf_consistency", REPO / "tests" / "unit" / "test_workflow_consistency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for kind, slot in module.KEY_OUTPUT_SLOT.items():
+        types = comfy.node_classes[kind].RETURN_TYPES
+        assert types[slot] == "DIFFUMATTING_KEY_COLOUR", (kind, slot, types)
+        assert types.count("DIFFUMATTING_KEY_COLOUR") == 1, kind
+    for kind in module.CONSUMERS:
+        spec_in = comfy.node_classes[kind].INPUT_TYPES()
+        assert spec_in["optional"]["key"][0] == "DIFFUMATTING_KEY_COLOUR", kind
