@@ -1,11 +1,14 @@
-"""Matting data sets: atomic per-sample writer, quality gate, trimaps, and RGBA file formats (PNG, WebM alpha)."""
+"""Matting data sets: atomic per-sample writer (one locked writer per folder), quality gate, trimaps, and RGBA file
+formats (PNG, WebM alpha)."""
 
+from .lock import DatasetLockedError
 from .quality import QualityThresholds, gate, quality_scores
 from .rgba_io import encode_rgba_png, read_webm_rgba, write_webm_rgba
-from .trimap import make_trimap
-from .writer import FOLDERS, METADATA, REJECTED, MattingDatasetWriter, SampleResult
+from .trimap import MAX_TRIMAP_RADIUS, make_trimap
+from .writer import FOLDERS, METADATA, REJECTED, MattingDatasetWriter, SampleResult, check_trimap_radius, open_writer
 
 __all__ = [
-    "FOLDERS", "METADATA", "REJECTED", "MattingDatasetWriter", "QualityThresholds", "SampleResult",
-    "encode_rgba_png", "gate", "make_trimap", "quality_scores", "read_webm_rgba", "write_webm_rgba",
+    "FOLDERS", "MAX_TRIMAP_RADIUS", "METADATA", "REJECTED", "DatasetLockedError", "MattingDatasetWriter",
+    "QualityThresholds", "SampleResult", "check_trimap_radius", "encode_rgba_png", "gate", "make_trimap",
+    "open_writer", "quality_scores", "read_webm_rgba", "write_webm_rgba",
 ]

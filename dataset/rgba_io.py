@@ -18,6 +18,11 @@ def _check_rgba(fg: torch.Tensor, alpha: torch.Tensor) -> None:
     if not isinstance(alpha, torch.Tensor) or alpha.ndim != 4 or alpha.shape[1] != 1 or alpha.shape[0] != fg.shape[0] \
             or alpha.shape[-2:] != fg.shape[-2:]:
         raise ValueError(f"alpha: expected [N,1,H,W] matching fg {tuple(fg.shape)}, got {tuple(alpha.shape)}")
+    if fg.shape[0] == 0 or fg.numel() == 0:
+        raise ValueError(f"fg: empty batch (shape {tuple(fg.shape)}); expected at least one frame")
+    for name, t in (("fg", fg), ("alpha", alpha)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: holds NaN or infinite values; expected finite values in [0, 1]")
 
 
 def encode_rgba_png(fg: torch.Tensor, alpha: torch.Tensor, bits: int = 8, text: dict[str, str] | None = None) -> bytes:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 FG, UNKNOWN, BG = 1.0, 0.5, 0.0
+MAX_TRIMAP_RADIUS = 256  # px: wider bands are no use for matting and cost O(radius^2) per pixel
 
 
 def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -24,8 +25,8 @@ def make_trimap(alpha: torch.Tensor, radius: int = 10, low: float = 0.01, high: 
     """
     if alpha.ndim != 4 or alpha.shape[1] != 1:
         raise ValueError(f"alpha: expected [B,1,H,W], got {tuple(alpha.shape)}")
-    if radius < 0:
-        raise ValueError(f"radius: expected a non-negative number of pixels, got {radius}")
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= MAX_TRIMAP_RADIUS:
+        raise ValueError(f"radius: expected a whole number of pixels in 0..{MAX_TRIMAP_RADIUS}, got {radius!r}")
     a = alpha.float()
     fg = _erode((a >= high).float(), radius)
     bg = _erode((a <= low).float(), radius)

@@ -1,39 +1,52 @@
 """Matting data-set writer: per-sample atomic commit into ``image/ fg/ alpha/ trimap/ caption/`` + ``metadata.jsonl``.
 
-Commit protocol (one writer per folder at a time):
+One writer per folder: a writer holds the folder's exclusive lock (``.lock``, see :mod:`dataset.lock`) from open
+to :meth:`MattingDatasetWriter.close`; a second writer, in another process or this one, is refused with an error
+naming the holder's pid. Within one process, :func:`open_writer` hands out the process's open writer of a folder
+(so the data factory and its SaveMattingDataset node share one writer and one in-memory state). The OS drops the
+lock when the process dies, so a killed run never blocks the next.
+
+Commit protocol:
 1. every file of the sample is written (and fsynced) into ``.staging/<name>/``;
 2. a marker ``.pending/<name>.json`` lists the destination paths;
 3. the staged files are renamed into place (``os.replace``, same file system);
-4. the sample's row is appended to ``metadata.jsonl`` and fsynced: this line IS the commit;
+4. the sample's row (one JSON line, newline included) is appended to ``metadata.jsonl`` and fsynced: this IS the
+   commit;
 5. the marker and the staging folder are removed.
-On open, :meth:`MattingDatasetWriter.recover` truncates a torn last row, deletes the destination files of every
-pending sample that has no row (roll back), and clears ``.staging``; so a killed run never leaves a partial sample.
-Rejected samples (quality gate) are not written; their row goes to ``rejected.jsonl`` so a resumed run counts
-them and does not redo them.
+On open (holding the lock), :meth:`MattingDatasetWriter.recover` cuts off a torn last row (no final newline: a
+killed append), deletes the destination files of every pending sample that has no row (roll back), and clears
+``.staging``; so a killed run never leaves a partial sample. A bad row anywhere else is an error naming the file
+and line, and nothing is changed. Rejected samples (quality gate) are not written; their row goes to
+``rejected.jsonl`` so a resumed run counts them and does not redo them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
-from dataclasses import dataclass, field
+import threading
+import types
+import weakref
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..common.keycolour import parse_key_colour
 from ..common.files import atomic_write_text
 from ..common.images import save_png
+from ..common.keycolour import KeyColour, parse_key_colour
+from .lock import LOCK_NAME, DatasetLockedError, FolderLock
 from .quality import QualityThresholds, gate, quality_scores
-from .trimap import make_trimap
+from .trimap import MAX_TRIMAP_RADIUS, make_trimap
 
 FOLDERS = ("image", "fg", "alpha", "trimap", "caption")
 METADATA = "metadata.jsonl"
 REJECTED = "rejected.jsonl"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
-
 
 @dataclass
 class SampleResult:
@@ -44,37 +57,55 @@ class SampleResult:
 
 
 def _read_rows(path: str, repair: bool) -> list[dict]:
-    """Rows of a JSON-lines file; a torn last line (no newline / bad JSON, from a killed run) is cut off if ``repair``."""
+    """Rows of a JSON-lines file. Only a torn LAST line (bytes after the final newline: a killed append) is cut off,
+    and only if ``repair``; a bad line anywhere else raises ``ValueError`` naming the file and line (nothing changed).
+    """
     if not os.path.isfile(path):
         return []
     with open(path, "rb") as f:
         data = f.read()
-    rows, good_end, pos = [], 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break
-        line = data[pos:nl].strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        pos = good_end = nl + 1
-    if good_end < len(data) and repair:
+    *lines, tail = data.split(b"\n")
+    rows = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            row = None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object row (a hand edit, or a damaged file); "
+                             "fix or delete that line, nothing was changed")
+        rows.append(row)
+    if tail and repair:
         with open(path, "r+b") as f:
-            f.truncate(good_end)
+            f.truncate(len(data) - len(tail))
             f.flush()
             os.fsync(f.fileno())
     return rows
 
 
 def _append_row(path: str, row: dict) -> None:
+    """Append one JSON line and fsync it; a short write is continued, a failed one is cut back off (or raised)."""
     line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                n = os.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"{path}: the row could not be written (write returned {n})")
+                view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            try:  # leave no torn row in the middle of the file for the next append to follow
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                pass  # then it is the torn last line the next open repairs
+            raise
     finally:
         os.close(fd)
 
@@ -89,58 +120,209 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _realpath(root) -> str:
+    return os.path.realpath(os.path.abspath(os.fspath(root)))
+
+
+def _process_registry():
+    """The open writers of this process by the folder's real path (weak: a dropped writer releases its folder), and
+    its mutex. Kept in ``sys.modules`` under a fixed name because this package is imported twice in one process
+    (as ``diffumatting`` by the CLI, and under its folder name by ComfyUI), and both copies must share one writer
+    per folder."""
+    reg = sys.modules.get(_REGISTRY)
+    if reg is None:
+        reg = types.ModuleType(_REGISTRY, "DiffuMatting: the process's open data-set writers")
+        reg.writers = weakref.WeakValueDictionary()
+        reg.mutex = threading.RLock()
+        reg = sys.modules.setdefault(_REGISTRY, reg)
+    return reg
+
+
+_REGISTRY = "_diffumatting_dataset_writers"
+_OPEN = _process_registry().writers
+_OPEN_MUTEX = _process_registry().mutex
+
+
+def open_writer(root: str | os.PathLike, **settings) -> "MattingDatasetWriter":
+    """The process's open writer of ``root`` (shared, its use count raised), or a new one opened with ``settings``.
+
+    Every call must be paired with a :meth:`MattingDatasetWriter.close` (or use it as a context manager); the
+    folder is unlocked when the last user closes it. A shared writer keeps the settings it was opened with: pass
+    per-sample settings to :meth:`MattingDatasetWriter.write`. :class:`DatasetLockedError` if another process holds
+    the folder; ``ValueError`` if the folder cannot be used.
+    """
+    with _OPEN_MUTEX:
+        writer = _OPEN.get(_realpath(root))
+        if writer is not None and not writer.closed:
+            writer._refs += 1
+            return writer
+        return MattingDatasetWriter(root, **settings)
+
+
+def check_trimap_radius(radius, name: str = "trimap_radius") -> int:
+    """An unknown-band half width: an int in [0, MAX_TRIMAP_RADIUS] -> it; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= MAX_TRIMAP_RADIUS:
+        raise ValueError(f"{name}: expected a whole number of pixels in 0..{MAX_TRIMAP_RADIUS}, got {radius!r}")
+    return radius
+
+
 class MattingDatasetWriter:
     """Writes (green image, straight fg, alpha) samples with trimap, caption and metadata into ``root``.
 
-    ``alpha_bits``: 8 or 16 for ``alpha/*.png``. ``thresholds``: the quality gate (``None`` = defaults);
-    ``gate_enabled=False`` keeps every sample but still records its scores.
+    Opening takes the folder's lock (:class:`DatasetLockedError` if another writer holds it; use :func:`open_writer`
+    to share this process's writer) and recovers what a killed run left. ``alpha_bits``: 8 or 16 for
+    ``alpha/*.png``. ``thresholds``: the quality gate (``None`` = defaults); ``gate_enabled=False`` keeps every
+    sample but still records its scores. ``ValueError`` naming the folder if it cannot be created or written.
     """
 
     def __init__(self, root: str | os.PathLike, alpha_bits: int = 8, thresholds: QualityThresholds | None = None,
                  trimap_radius: int = 10, gate_enabled: bool = True):
         if alpha_bits not in (8, 16):
             raise ValueError(f"alpha_bits: expected 8 or 16, got {alpha_bits}")
-        self.root = os.path.abspath(os.fspath(root))
+        self.alpha_bits = alpha_bits
+        self.thresholds = (thresholds or QualityThresholds()).checked()
+        self.trimap_radius = check_trimap_radius(trimap_radius)
+        self.gate_enabled = gate_enabled
+        self.root = _realpath(root)
+        self.committed: dict[str, dict] = {}
+        self.rejected: dict[str, dict] = {}
+        self._lock: FolderLock | None = None
+        self._refs = 0
+        self._mutex = threading.RLock()
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise ValueError(f"{self.root}: exists and is not a folder")
-        self.alpha_bits = alpha_bits
-        self.thresholds = thresholds or QualityThresholds()
-        self.trimap_radius = trimap_radius
-        self.gate_enabled = gate_enabled
-        for folder in FOLDERS:
-            os.makedirs(os.path.join(self.root, folder), exist_ok=True)
-        self.recover()
+        with _OPEN_MUTEX:
+            other = _OPEN.get(self.root)
+            if other is not None and not other.closed:
+                raise DatasetLockedError(self.root, {"pid": os.getpid(), "here": True})
+            try:
+                os.makedirs(self.root, exist_ok=True)
+                self._lock = FolderLock(self.root)
+            except OSError as exc:
+                raise ValueError(f"{self.root}: cannot write a data set here: {exc.strerror or exc}") from None
+            try:
+                for folder in FOLDERS:
+                    os.makedirs(os.path.join(self.root, folder), exist_ok=True)
+                self.recover()
+            except OSError as exc:
+                self._lock.release()
+                raise ValueError(f"{self.root}: cannot write a data set here: {exc.strerror or exc}") from None
+            except BaseException:
+                self._lock.release()
+                raise
+            self._refs = 1
+            _OPEN[self.root] = self
+
+    # -- lifetime ----------------------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._lock is None or not self._lock.held
+
+    def close(self) -> None:
+        """Done with this writer: the folder is unlocked once every :func:`open_writer` user has closed it."""
+        with _OPEN_MUTEX:
+            if self.closed:
+                return
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if _OPEN.get(self.root) is self:
+                del _OPEN[self.root]
+            self._lock.release()
+
+    def discard_if_empty(self) -> bool:
+        """Close this writer and, if it was the folder's last user and the folder holds nothing but this writer's
+        empty scaffolding (no sample, no other file), remove the folder. -> whether it was removed. For a command
+        that created ``root`` and then failed before its first sample."""
+        with _OPEN_MUTEX:
+            if self.closed:
+                return False
+            if self._refs > 1 or self.names:
+                self.close()
+                return False
+            scaffolding = {*FOLDERS, ".staging", ".pending", LOCK_NAME}
+            try:
+                entries = os.listdir(self.root)
+                empty = set(entries) <= scaffolding and not any(
+                    os.listdir(os.path.join(self.root, e)) for e in entries
+                    if e != LOCK_NAME and os.path.isdir(os.path.join(self.root, e)))
+                if not empty:
+                    self.close()
+                    return False
+                for e in entries:
+                    if e != LOCK_NAME:
+                        os.rmdir(os.path.join(self.root, e))
+                os.remove(os.path.join(self.root, LOCK_NAME))  # while still holding it: nobody else can be in
+            except OSError:
+                self.close()
+                return False
+            self.close()
+            try:
+                os.rmdir(self.root)  # fails harmlessly if another writer got in meanwhile
+            except OSError:
+                return False
+            return True
+
+    def __enter__(self) -> "MattingDatasetWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"{self.root}: this data-set writer is closed")
 
     # -- state -------------------------------------------------------------------------------------------------
     def recover(self) -> list[str]:
-        """Roll back samples a killed run left uncommitted; returns their names. Loads committed/rejected names."""
-        rows = _read_rows(os.path.join(self.root, METADATA), repair=True)
-        rejected = _read_rows(os.path.join(self.root, REJECTED), repair=True)
-        self.committed = {r["name"]: r for r in rows if "name" in r}
-        self.rejected = {r["name"]: r for r in rejected if "name" in r}
-        rolled_back = []
-        pending_dir = os.path.join(self.root, ".pending")
-        if os.path.isdir(pending_dir):
-            for entry in sorted(os.listdir(pending_dir)):
-                marker = os.path.join(pending_dir, entry)
-                name = entry[: -len(".json")] if entry.endswith(".json") else None
-                if name is not None and name not in self.committed:
-                    try:
-                        with open(marker, encoding="utf-8") as f:
-                            paths = json.load(f)["files"]
-                    except (OSError, ValueError, KeyError):
-                        paths = []
-                    for rel in paths:
-                        target = os.path.join(self.root, rel)
-                        if os.path.isfile(target):
-                            os.remove(target)
-                    rolled_back.append(name)
-                os.remove(marker)
-        shutil.rmtree(os.path.join(self.root, ".staging"), ignore_errors=True)
-        return rolled_back
+        """Roll back samples a killed run left uncommitted; returns their names. Loads committed/rejected names.
+
+        Runs only while this writer holds the folder's lock (it does on open). ``ValueError`` naming the file and
+        line if ``metadata.jsonl`` / ``rejected.jsonl`` hold a bad row other than a torn last one (nothing changed).
+        """
+        self._check_open()
+        with self._mutex:
+            meta_path, rej_path = os.path.join(self.root, METADATA), os.path.join(self.root, REJECTED)
+            _read_rows(meta_path, repair=False)  # both files checked before anything is changed
+            _read_rows(rej_path, repair=False)
+            rows = _read_rows(meta_path, repair=True)
+            rejected = _read_rows(rej_path, repair=True)
+            self.committed = {r["name"]: r for r in rows if "name" in r}
+            self.rejected = {r["name"]: r for r in rejected if "name" in r}
+            rolled_back = []
+            pending_dir = os.path.join(self.root, ".pending")
+            if os.path.isdir(pending_dir):
+                for entry in sorted(os.listdir(pending_dir)):
+                    marker = os.path.join(pending_dir, entry)
+                    name = entry[: -len(".json")] if entry.endswith(".json") else None
+                    if name is not None and name not in self.committed:
+                        try:
+                            with open(marker, encoding="utf-8") as f:
+                                paths = json.load(f)["files"]
+                        except (OSError, ValueError, KeyError, TypeError):
+                            paths = []
+                        for rel in paths:
+                            target = os.path.realpath(os.path.join(self.root, str(rel)))
+                            inside = os.path.commonpath((self.root, target)) == self.root
+                            if inside and os.path.isfile(target):
+                                os.remove(target)
+                        rolled_back.append(name)
+                    if os.path.isfile(marker):
+                        os.remove(marker)
+            shutil.rmtree(os.path.join(self.root, ".staging"), ignore_errors=True)
+            return rolled_back
 
     def __contains__(self, name: str) -> bool:
         return name in self.committed or name in self.rejected
+
+    @property
+    def names(self) -> set[str]:
+        """Every sample name in the data set, committed or rejected."""
+        return set(self.committed) | set(self.rejected)
+
+    def rows(self):
+        """Every row, committed then rejected (dicts as stored)."""
+        return [*self.committed.values(), *self.rejected.values()]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -159,13 +341,28 @@ class MattingDatasetWriter:
 
     # -- writing -----------------------------------------------------------------------------------------------
     def write(self, name: str, image: torch.Tensor, fg: torch.Tensor, alpha: torch.Tensor, key_colour,
-              caption: str = "", meta: dict | None = None) -> SampleResult:
+              caption: str = "", meta: dict | None = None, *, alpha_bits: int | None = None,
+              thresholds: QualityThresholds | None = None, trimap_radius: int | None = None,
+              gate_enabled: bool | None = None) -> SampleResult:
         """image [3,H,W] (green), fg [3,H,W] straight, alpha [1,H,W] (1 = opaque), all in [0,1], key_colour a KeyColour
         (or a [3] tensor, a preset, a hex colour) -> result.
 
         Scores the sample, and commits it atomically unless the quality gate rejects it (then only its row is added
-        to ``rejected.jsonl``). ``meta`` (prompt, seed, model, ...) is stored in its ``metadata.jsonl`` row.
+        to ``rejected.jsonl``). ``meta`` (prompt, seed, model, source, ...) is stored in its row. The keyword
+        settings override the writer's own for this sample (a shared writer serves callers with other settings).
         """
+        with self._mutex:
+            self._check_open()
+            return self._write(name, image, fg, alpha, key_colour, caption, meta,
+                               self.alpha_bits if alpha_bits is None else alpha_bits,
+                               (self.thresholds if thresholds is None else thresholds).checked(),
+                               check_trimap_radius(self.trimap_radius if trimap_radius is None else trimap_radius),
+                               self.gate_enabled if gate_enabled is None else gate_enabled)
+
+    def _write(self, name, image, fg, alpha, key_colour, caption, meta, alpha_bits, thresholds, trimap_radius,
+               gate_enabled) -> SampleResult:
+        if alpha_bits not in (8, 16):
+            raise ValueError(f"alpha_bits: expected 8 or 16, got {alpha_bits}")
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"name: {name!r} must be 1-121 characters of letters, digits, '_', '-', '.'")
         if name in self:
@@ -182,15 +379,19 @@ class MattingDatasetWriter:
         image, fg, alpha = image.detach().float().cpu(), fg.detach().float().cpu(), alpha.detach().float().cpu()
         if isinstance(key_colour, torch.Tensor):
             key_colour = key_colour.detach().float().cpu().reshape(-1)
+        elif not isinstance(key_colour, KeyColour) and all(hasattr(key_colour, a) for a in ("rgb", "source", "preset")):
+            # a KeyColour of the pack's other import (ComfyUI's copy of it, when the CLI shares its writer)
+            key_colour = KeyColour(tuple(key_colour.rgb), key_colour.source, key_colour.preset)
         key = parse_key_colour(key_colour, "key_colour")
-        scores = quality_scores(fg[None], alpha[None], key, self.thresholds)[0]
-        reasons = gate(scores, self.thresholds) if self.gate_enabled else []
+        scores = quality_scores(fg[None], alpha[None], key, thresholds)[0]
+        reasons = gate(scores, thresholds) if gate_enabled else []
         row = {
             **(meta or {}),
             "name": name,
             "caption": caption,
             "key_colour": key.hex,
             "key_source": key.source,
+            "key_label": key.label,
             **({"key_preset": key.preset} if key.preset else {}),
             "width": int(image.shape[-1]),
             "height": int(image.shape[-2]),
@@ -209,11 +410,11 @@ class MattingDatasetWriter:
             "caption": f"caption/{name}.txt",
         }
         row["files"] = files
-        self._commit(name, files, image, fg, alpha, caption, row)
+        self._commit(name, files, image, fg, alpha, caption, row, alpha_bits, trimap_radius)
         self.committed[name] = row
         return SampleResult(name, True, [], scores)
 
-    def _commit(self, name, files, image, fg, alpha, caption, row) -> None:
+    def _commit(self, name, files, image, fg, alpha, caption, row, alpha_bits, trimap_radius) -> None:
         staging_root = os.path.join(self.root, ".staging")
         os.makedirs(staging_root, exist_ok=True)
         stage = tempfile.mkdtemp(prefix=f"{name}.", dir=staging_root)
@@ -222,8 +423,8 @@ class MattingDatasetWriter:
             staged = {key: os.path.join(stage, key + os.path.splitext(rel)[1]) for key, rel in files.items()}
             save_png(staged["image"], image, None, bits=8)
             save_png(staged["fg"], fg, None, bits=8)
-            save_png(staged["alpha"], None, alpha, bits=self.alpha_bits)
-            save_png(staged["trimap"], None, make_trimap(alpha[None], radius=self.trimap_radius)[0], bits=8)
+            save_png(staged["alpha"], None, alpha, bits=alpha_bits)
+            save_png(staged["trimap"], None, make_trimap(alpha[None], radius=trimap_radius)[0], bits=8)
             atomic_write_text(staged["caption"], caption + "\n")
             pending_dir = os.path.join(self.root, ".pending")
             os.makedirs(pending_dir, exist_ok=True)
@@ -249,10 +450,11 @@ class MattingDatasetWriter:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
-    def write_stats(self) -> dict:
-        """Write ``stats.json`` (counts, thresholds) atomically and return it."""
-        from dataclasses import asdict
-
-        stats = {"counts": self.counts, "thresholds": asdict(self.thresholds)}
-        atomic_write_text(os.path.join(self.root, "stats.json"), json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        return stats
+    def write_stats(self, thresholds: QualityThresholds | None = None) -> dict:
+        """Write ``stats.json`` (counts, the gate's thresholds: ``thresholds`` or the writer's) atomically; return it."""
+        with self._mutex:
+            self._check_open()
+            stats = {"counts": self.counts, "thresholds": asdict(thresholds or self.thresholds)}
+            atomic_write_text(os.path.join(self.root, "stats.json"),
+                              json.dumps(stats, indent=2, sort_keys=True) + "\n")
+            return stats

@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import os
 
-import torch
 from comfy_api.latest import io, ui
 
 from ..common.keycolour import AUTO, resolve_key_colours
-from ..dataset import MattingDatasetWriter, QualityThresholds
-from .common import (category, check_key_widget, image_to_bchw, key_colour_options, key_socket_input, mask_to_b1hw,
-                     socket_keys, widget_key)
-
-
-def dataset_keys(key_colour: str, image: torch.Tensor, key=None) -> list:
-    """The connected key (1 or B KeyColours), else the widget's: 'auto' (estimated per image from the picture) or a
-    preset -> B KeyColours; image: [B,3,H,W]."""
-    if key is not None:
-        return socket_keys(key, image.shape[0])
-    value = widget_key(key_colour)
-    return resolve_key_colours(value, image)
+from ..dataset import MAX_TRIMAP_RADIUS, QualityThresholds, open_writer
+from .common import (category, check_key_widget, image_to_bchw, key_colour_options, key_socket_input, key_summary,
+                     mask_to_b1hw, socket_keys, widget_key)
 
 
 def dataset_root(folder: str) -> str:
-    """``folder`` inside ComfyUI's output directory (``""`` or ``"."`` = the output directory itself)."""
+    """``folder`` inside ComfyUI's output directory (``""`` or ``"."`` = the output directory itself) -> its real
+    path; ``ValueError`` if it leaves the output folder, also through a symbolic link."""
     import folder_paths
 
-    output_dir = os.path.abspath(folder_paths.get_output_directory())
-    root = os.path.abspath(os.path.join(output_dir, os.path.normpath(folder or ".")))
-    if os.path.commonpath((output_dir, root)) != output_dir:
+    output_dir = os.path.realpath(folder_paths.get_output_directory())
+    if os.path.isabs(folder or "."):
         raise ValueError(f"folder: {folder!r} is outside ComfyUI's output folder; use a relative folder name")
+    root = os.path.realpath(os.path.join(output_dir, os.path.normpath(folder or ".")))
+    if os.path.commonpath((output_dir, root)) != output_dir:
+        raise ValueError(f"folder: {folder!r} is outside ComfyUI's output folder (a '..' or a link that leads out "
+                         "of it); use a folder inside it")
     return root
 
 
@@ -92,12 +86,19 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
         return check_key_widget(key_colour, custom=False)
 
     @classmethod
+    def validate_inputs(cls, key_colour) -> bool | str:
+        return check_key_widget(key_colour, custom=False)
+
+    @classmethod
     def execute(cls, image, fg, alpha, folder="diffumatting_dataset", name="", prompt="", seed=0, model="",
-                key_colour="auto", alpha_bits="8", quality_gate=True, max_key_residue=0.01, max_border_alpha=0.02,
+                key_colour=AUTO, alpha_bits="8", quality_gate=True, max_key_residue=0.01, max_border_alpha=0.02,
                 min_coverage=0.01, max_coverage=0.9, trimap_radius=10, key=None) -> io.NodeOutput:
         img = image_to_bchw(image, "image")[:, :3].cpu()
         colour = image_to_bchw(fg, "fg")[:, :3].cpu()
         a = mask_to_b1hw(alpha, "alpha").cpu()
+        for arg, t in (("image", img), ("fg", colour), ("alpha", a)):
+            if t.shape[0] == 0 or t.shape[-1] == 0 or t.shape[-2] == 0:
+                raise ValueError(f"{arg}: the batch is empty ({tuple(t.shape)}); nothing to write")
         from ..compositing import broadcast_batch
 
         batch, t = broadcast_batch({"image": img, "fg": colour, "alpha": a})
@@ -106,34 +107,46 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
                              f"{tuple(a.shape[-2:])}: height and width must match")
         if min_coverage > max_coverage:
             raise ValueError(f"min_coverage ({min_coverage}) must not exceed max_coverage ({max_coverage})")
-        keys = dataset_keys(key_colour, t["image"], key)
+        if key is not None:
+            keys = socket_keys(key, batch)
+        else:
+            keys = resolve_key_colours(widget_key(key_colour), t["image"], name="key_colour")
         thresholds = QualityThresholds(max_key_residue=max_key_residue, max_border_alpha=max_border_alpha,
-                                       min_coverage=min_coverage, max_coverage=max_coverage)
-        writer = MattingDatasetWriter(dataset_root(folder), alpha_bits=int(alpha_bits), thresholds=thresholds,
-                                      trimap_radius=trimap_radius, gate_enabled=quality_gate)
-        base = name.strip()
-        first = writer.next_index("sample") if not base else 0
-        accepted = rejected = 0
-        lines = []
-        for i in range(batch):
-            if base:
-                sample = base if batch == 1 else f"{base}_b{i}"
-            else:
-                sample = f"sample_{first + i:06d}"
-            if sample in writer:
-                lines.append(f"{sample}: already in the data set, skipped")
-                continue
-            meta = {"prompt": prompt, "seed": int(seed), "model": model, "batch_index": i}
-            res = writer.write(sample, t["image"][i], t["fg"][i], t["alpha"][i], keys[i], caption=prompt, meta=meta)
-            scores = ", ".join(f"{k}={v:.4f}" for k, v in res.scores.items())
-            if res.accepted:
-                accepted += 1
-                lines.append(f"{sample}: accepted ({scores})")
-            else:
-                rejected += 1
-                lines.append(f"{sample}: rejected for {', '.join(res.reasons)} ({scores})")
-        stats = writer.write_stats()["counts"]
-        lines.append(f"data set {writer.root}: {stats['accepted']} accepted, {stats['rejected']} rejected in total")
+                                       min_coverage=min_coverage, max_coverage=max_coverage).checked()
+        settings = dict(alpha_bits=int(alpha_bits), thresholds=thresholds, trimap_radius=int(trimap_radius),
+                        gate_enabled=bool(quality_gate))
+        # The process's one writer of this folder (the data factory's, when it drives this node), locked against
+        # other processes for as long as it is open.
+        writer = open_writer(dataset_root(folder), **settings)
+        try:
+            base = name.strip()
+            first = writer.next_index("sample") if not base else 0
+            accepted = rejected = 0
+            lines = []
+            for i in range(batch):
+                if base:
+                    sample = base if batch == 1 else f"{base}_b{i}"
+                else:
+                    sample = f"sample_{first + i:06d}"
+                if sample in writer:
+                    lines.append(f"{sample}: already in the data set, skipped")
+                    continue
+                meta = {"prompt": prompt, "seed": int(seed), "model": model, "batch_index": i}
+                res = writer.write(sample, t["image"][i], t["fg"][i], t["alpha"][i], keys[i], caption=prompt,
+                                   meta=meta, **settings)
+                scores = ", ".join(f"{k}={v:.4f}" for k, v in res.scores.items())
+                if res.accepted:
+                    accepted += 1
+                    lines.append(f"{sample}: accepted ({scores})")
+                else:
+                    rejected += 1
+                    lines.append(f"{sample}: rejected for {', '.join(res.reasons)} ({scores})")
+            stats = writer.write_stats(thresholds)["counts"]
+            root = writer.root
+        finally:
+            writer.close()
+        lines.append(f"key colour: {key_summary(keys)}")
+        lines.append(f"data set {root}: {stats['accepted']} accepted, {stats['rejected']} rejected in total")
         report = "\n".join(lines)
         return io.NodeOutput(accepted, rejected, report, ui=ui.PreviewText(report))
 

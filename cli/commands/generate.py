@@ -48,8 +48,11 @@ def register(subparsers) -> None:
 def read_prompts(path: str) -> list[str]:
     """Non-empty, non-comment lines of a prompts file."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             prompts = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"--prompts: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                       f"{exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise CLIError(f"--prompts: cannot read {path}: {exc.strerror}") from None
     if not prompts:
@@ -114,24 +117,30 @@ def run_factory(execute, template: dict, prompts: list[str], count: int, root: s
     """Generate until ``count`` samples are accepted (or ``max_attempts`` were made); resumes from ``root``.
 
     ``execute(prompt)`` runs one API prompt (ComfyUI in-process). ``root`` is the data-set folder the workflow's
-    SaveMattingDataset node writes to (``folder`` relative to ComfyUI's output directory). Returns the counts.
+    SaveMattingDataset node writes to (``folder`` relative to ComfyUI's output directory). The factory owns the
+    folder's one writer (:func:`dataset.open_writer`: locked against other processes); the node, running in this
+    process, writes through that same writer, so what it wrote is known here without re-reading any file.
+    Returns the counts.
     """
-    from ...dataset import MattingDatasetWriter
+    from ...dataset import open_writer
 
     if count < 1:
         raise CLIError(f"--count: expected at least 1, got {count}")
     limit = max_attempts if max_attempts is not None else 3 * count
     if limit < 1:
         raise CLIError(f"--max-attempts: expected at least 1, got {limit}")
-    writer = MattingDatasetWriter(root)  # rolls back a sample a killed run left half-written
+    try:
+        writer = open_writer(root)  # rolls back a sample a killed run left half-written
+    except ValueError as exc:
+        raise CLIError(f"--out: {exc}") from None
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=count, initial=min(len(writer.committed), count), unit="sample", desc="accepted",
-                   dynamic_ncols=True, file=sys.stderr)
     ran = 0
     try:
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=count, initial=min(len(writer.committed), count), unit="sample", desc="accepted",
+                       dynamic_ncols=True, file=sys.stderr)
         for i in range(limit):
             if len(writer.committed) >= count:
                 break
@@ -142,18 +151,18 @@ def run_factory(execute, template: dict, prompts: list[str], count: int, root: s
                                   name=name, folder=folder, steps=steps, size=size)
             execute(prompt)
             ran += 1
-            writer.recover()  # re-read what the node committed (it runs its own writer)
-            if name not in writer:
-                raise CLIError(f"sample {name}: the workflow ran but wrote nothing to {root} "
+            if name not in writer:  # the node shares this writer: its sample is in it, accepted or rejected
+                raise CLIError(f"sample {name}: the workflow ran but wrote nothing to {writer.root} "
                                f"(is its {DATASET_NODE} node connected and its folder '{folder}'?)")
             if bar is not None:
                 bar.n = min(len(writer.committed), count)
                 bar.set_postfix(rejected=len(writer.rejected), refresh=False)
                 bar.refresh()
+        counts = writer.counts
     finally:
         if bar is not None:
             bar.close()
-    counts = writer.counts
+        writer.close()
     counts["ran_now"] = ran
     return counts
 
@@ -182,8 +191,28 @@ def start(path: str, cpu: bool, output_dir: str, extra_model_paths: str | None =
     return ns, execute
 
 
+def check_out_folder(path: str, what: str = "--out") -> str:
+    """``--out`` before anything is created: an existing folder, or a new one whose nearest existing parent is a
+    writable folder -> its absolute path; CLIError otherwise."""
+    out = os.path.abspath(path)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise CLIError(f"{what}: {out} exists and is not a folder")
+        return out
+    parent = os.path.dirname(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CLIError(f"{what}: cannot create {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{what}: cannot create {out}: {parent} is not writable")
+    return out
+
+
 def run(args) -> int:
     from ... import PACK_DIR
+    from ...comfy_bootstrap import ComfyUIError, find_comfyui
+    from ...dataset import open_writer
 
     prompts = read_prompts(args.prompts)
     template = load_workflow(args.workflow or os.path.join(PACK_DIR, DEFAULT_WORKFLOW))
@@ -193,16 +222,34 @@ def run(args) -> int:
         raise CLIError(f"--steps: expected at least 1, got {args.steps}")
     if args.count < 1:
         raise CLIError(f"--count: expected at least 1, got {args.count}")
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-    ns, execute = start(args.comfyui, args.cpu, out, args.extra_model_paths)
-    available = ns.folder_paths.get_filename_list("checkpoints")
-    if args.checkpoint not in available:
-        listing = ", ".join(available[:10]) or "none"
-        raise CLIError(f"--checkpoint: {args.checkpoint!r} is not in ComfyUI's checkpoints folder (found: {listing})")
-    counts = run_factory(execute, template, prompts, args.count, out, ".",
-                         checkpoint=args.checkpoint, seed=args.seed, max_attempts=args.max_attempts,
-                         steps=args.steps, size=args.size)
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise CLIError(f"--max-attempts: expected at least 1, got {args.max_attempts}")
+    try:
+        find_comfyui(args.comfyui, what="--comfyui")  # before --out is created
+    except ComfyUIError as exc:
+        raise CLIError(str(exc)) from None
+    out = check_out_folder(args.out)
+    created = not os.path.exists(out)
+    # Take the folder (its lock) before ComfyUI starts: a second run on it is refused at once, not minutes later.
+    try:
+        writer = open_writer(out)
+    except ValueError as exc:
+        raise CLIError(f"--out: {exc}") from None
+    try:
+        ns, execute = start(args.comfyui, args.cpu, out, args.extra_model_paths)
+        available = ns.folder_paths.get_filename_list("checkpoints")
+        if args.checkpoint not in available:
+            listing = ", ".join(available[:10]) or "none"
+            raise CLIError(f"--checkpoint: {args.checkpoint!r} is not in ComfyUI's checkpoints folder "
+                           f"(found: {listing})")
+        counts = run_factory(execute, template, prompts, args.count, out, ".",
+                             checkpoint=args.checkpoint, seed=args.seed, max_attempts=args.max_attempts,
+                             steps=args.steps, size=args.size)
+    finally:
+        if created:
+            writer.discard_if_empty()  # a run that failed before its first sample leaves no empty folder
+        else:
+            writer.close()
     reasons = ", ".join(f"{k[len('rejected_'):]} {v}" for k, v in counts.items() if k.startswith("rejected_"))
     print(f"{out}: {counts['accepted']} accepted, {counts['rejected']} rejected"
           + (f" ({reasons})" if reasons else "") + f"; {counts['ran_now']} generated in this run")

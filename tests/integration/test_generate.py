@@ -47,6 +47,8 @@ def _executor(comfy, calls, stop_after=None):
 
 
 def test_factory_runs_and_resumes_in_comfyui(comfy, tiny_sd15):
+    """The factory holds the folder's one writer; ComfyUI's SaveMattingDataset node (the pack's other import in this
+    process) writes through that same writer, so without the sharing the node would be refused by the lock."""
     template = generate.load_workflow(str(WORKFLOW))
     prompts = ["a red apple", "a blue mug"]
     out = Path(comfy.folder_paths.get_output_directory()) / "factory"
@@ -69,6 +71,11 @@ def test_factory_runs_and_resumes_in_comfyui(comfy, tiny_sd15):
     assert names == ["gen_000000", "gen_000001", "gen_000002"]
     for folder in ("image", "fg", "alpha", "trimap", "caption"):
         assert sorted(p.stem for p in (out / folder).iterdir()) == names
+    # the factory closed its writer: the folder is free for the next run (or another process)
+    from diffumatting.dataset import MattingDatasetWriter
+
+    with MattingDatasetWriter(out) as w:
+        assert sorted(w.committed) == names
 
 
 def test_factory_with_gate_counts_rejections(comfy, tiny_sd15):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffumatting.common.images import load_image, read_png_text
@@ -190,3 +191,66 @@ def test_save_matting_dataset_refuses_outside_folder(comfy, run_prompt):
     }
     err = run_prompt(prompt, expect_error=True)["execution_error"]
     assert "outside ComfyUI's output folder" in err["exception_message"]
+
+
+def _dataset_inputs(folder, **extra):
+    inputs = {"image": ["1", 0], "fg": ["9", 0], "alpha": ["1", 1], "folder": folder, "name": "", "prompt": "p",
+              "seed": 0, "model": "", "key_colour": "auto", "alpha_bits": "8", "quality_gate": False,
+              "max_key_residue": 0.01, "max_border_alpha": 0.02, "min_coverage": 0.01, "max_coverage": 0.9,
+              "trimap_radius": 4}
+    inputs.update(extra)
+    return inputs
+
+
+def test_save_matting_dataset_refuses_a_link_out_of_the_output_folder(comfy, run_prompt, tmp_path):
+    outside = tmp_path / "outside_target"
+    outside.mkdir()
+    link = _output_dir(comfy) / "ds_linkdir"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        prompt = {**_img("1"), **_img("9", kind="background"),
+                  "2": {"class_type": "DiffuMattingSaveMattingDataset", "inputs": _dataset_inputs("ds_linkdir/ds")}}
+        err = run_prompt(prompt, expect_error=True)["execution_error"]
+        assert "outside ComfyUI's output folder" in err["exception_message"]
+        assert not any(outside.iterdir())  # nothing written through the link
+    finally:
+        link.unlink()
+
+
+def test_save_matting_dataset_empty_batch_is_a_clear_error(comfy):
+    import torch
+
+    node = comfy.node_classes["DiffuMattingSaveMattingDataset"]
+    empty = torch.zeros(0, 16, 16, 3)
+    with pytest.raises(ValueError, match="image: the batch is empty"):
+        node.execute(image=empty, fg=empty, alpha=torch.zeros(0, 16, 16), folder="ds_empty")
+    assert not (_output_dir(comfy) / "ds_empty").exists()
+
+
+def test_save_matting_dataset_key_input_wins_and_old_widget_values_work(comfy, run_prompt):
+    def prompt(folder, name, key_colour="auto", linked=False):
+        p = {**_img("1"), **_img("9", kind="background"),
+             "2": {"class_type": "DiffuMattingSaveMattingDataset",
+                   "inputs": _dataset_inputs(folder, name=name, key_colour=key_colour)},
+             **_capture("3", ["2", 2], "report")}
+        if linked:
+            p["5"] = {"class_type": "DiffuMattingKeyColour",
+                      "inputs": {"key_colour": "custom hex", "key_hex": "#0000FF"}}
+            p["2"]["inputs"]["key"] = ["5", 0]
+        return p
+
+    root = _output_dir(comfy) / "ds_key"
+    run_prompt(prompt("ds_key", "linked", key_colour="auto", linked=True))
+    run_prompt(prompt("ds_key", "old", key_colour="green"))  # an older workflow's value
+    from diffumatting.common.keycolour import PRESET_LABELS
+
+    label = PRESET_LABELS["pure_green"]  # a preset as the combo shows it
+    run_prompt(prompt("ds_key", "label", key_colour=label))
+    rows = {r["name"]: r for r in map(json.loads, (root / "metadata.jsonl").read_text().splitlines())}
+    assert rows["linked"]["key_colour"] == "#0000ff"  # the connected key, not the estimate
+    assert rows["old"]["key_colour"] == "#00b140" and rows["old"]["key_preset"] == "chroma_green"
+    assert rows["label"]["key_source"] == "preset" and rows["label"]["key_label"] == label
+    err = run_prompt(prompt("ds_key", "bad", key_colour="not a colour"), expect_error=True)
+    assert "validation_error" in err

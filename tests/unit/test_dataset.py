@@ -1,6 +1,9 @@
-"""Data-set writer: layout, metadata rows, trimap, the quality gate, and atomic per-sample commit under SIGKILL."""
+"""Data-set writer: layout, metadata rows, trimap, the quality gate, atomic per-sample commit under SIGKILL, the
+one-writer-per-folder lock, and metadata.jsonl recovery."""
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +15,9 @@ import pytest
 import torch
 
 from diffumatting.common.images import load_image
-from diffumatting.dataset import FOLDERS, MattingDatasetWriter, QualityThresholds, gate, make_trimap, quality_scores
+from diffumatting.dataset import (FOLDERS, DatasetLockedError, MattingDatasetWriter, QualityThresholds, gate,
+                                  make_trimap, open_writer, quality_scores)
+from diffumatting.dataset import writer as wmod
 
 REPO = Path(__file__).resolve().parents[2]
 GREEN = torch.tensor([0.0, 1.0, 0.0])
@@ -63,6 +68,19 @@ def test_quality_gate_rejects_green_residue():
     assert gate(quality_scores(fg[None], a[None], torch.tensor([0.0, 0.0, 1.0]))[0]) == []
 
 
+def test_key_residue_is_the_key_colour_difference():
+    """Residue is measured with common.keycolour.key_difference (G - max(R, B) for green), not an RGB distance."""
+    _, fg, a = _sample()
+    fg[:, 8:24, 8:24] = torch.tensor([0.3, 1.0, 0.3]).reshape(3, 1, 1)  # 0.42 from the key in RGB, still very green
+    assert quality_scores(fg[None], a[None], GREEN)[0]["key_residue"] == pytest.approx(1.0)
+    fg[:, 8:24, 8:24] = torch.tensor([0.0, 0.45, 0.0]).reshape(3, 1, 1)  # dark green: difference 0.45 < 0.5 of 1.0
+    assert quality_scores(fg[None], a[None], GREEN)[0]["key_residue"] == 0.0
+    assert quality_scores(fg[None], a[None], GREEN, QualityThresholds(key_similarity=0.4))[0]["key_residue"] == 1.0
+    # a key too close to grey to key against: no residue to speak of (the keyed result is all opaque anyway)
+    grey = torch.tensor([0.5, 0.52, 0.5])
+    assert quality_scores(fg[None], a[None], grey)[0]["key_residue"] == 0.0
+
+
 def test_quality_gate_rejects_border_empty_full():
     _, fg, a = _sample(box=(0, 20, 8, 24), soft=False)  # touches the top edge
     assert gate(quality_scores(fg[None], a[None], GREEN)[0]) == ["border"]
@@ -98,8 +116,10 @@ def test_writer_layout_and_metadata(tmp_path):
     # duplicates are refused; a reopened writer knows the sample
     with pytest.raises(ValueError, match="already exists"):
         w.write("s_000000", image, fg, a, GREEN)
+    w.close()
     w2 = MattingDatasetWriter(root)
     assert "s_000000" in w2 and w2.next_index("s") == 1
+    w2.close()
 
 
 def test_writer_counts_rejections(tmp_path):
@@ -112,6 +132,7 @@ def test_writer_counts_rejections(tmp_path):
     assert w.write("s_000001", image, fg, a, GREEN).accepted
     stats = w.write_stats()
     assert stats["counts"] == {"accepted": 1, "rejected": 1, "rejected_border": 1}
+    w.close()
     w2 = MattingDatasetWriter(tmp_path)
     assert "s_000000" in w2 and w2.counts["rejected"] == 1 and w2.next_index("s") == 2
 
@@ -129,6 +150,21 @@ def test_writer_rejects_bad_input(tmp_path):
         w.write("x", image, bad, a, GREEN)
     with pytest.raises(ValueError, match="alpha_bits"):
         MattingDatasetWriter(tmp_path, alpha_bits=12)
+    with pytest.raises(ValueError, match="trimap_radius"):
+        w.write("x", image, fg, a, GREEN, trimap_radius=-1)
+    with pytest.raises(ValueError, match=r"trimap_radius: .*0\.\.256.*1000000"):
+        w.write("x", image, fg, a, GREEN, trimap_radius=1000000)
+    with pytest.raises(ValueError, match="min_coverage"):
+        w.write("x", image, fg, a, GREEN, thresholds=QualityThresholds(min_coverage=0.9, max_coverage=0.1))
+    assert not w.names  # nothing was written by the refused calls
+    w.close()
+    for kwargs in ({"trimap_radius": -1}, {"trimap_radius": 257},
+                   {"thresholds": QualityThresholds(min_coverage=0.9, max_coverage=0.1)},
+                   {"thresholds": QualityThresholds(max_key_residue=float("nan"))}):
+        with pytest.raises(ValueError):
+            MattingDatasetWriter(tmp_path / "other", **kwargs)
+    with pytest.raises(ValueError, match="radius"):
+        make_trimap(torch.zeros(1, 1, 8, 8), radius=257)
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -185,7 +221,7 @@ def test_killed_write_leaves_no_partial_sample(tmp_path, kill_at):
     root = tmp_path / "ds"
     proc = subprocess.run([sys.executable, str(script), str(root), str(kill_at)], capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    w = MattingDatasetWriter(root)  # recovery on open
+    w = MattingDatasetWriter(root)  # recovery on open (the killed holder's lock went with it)
     names = _check_consistent(root)
     assert names == set(w.committed)
     assert not (root / ".staging").exists() or not any((root / ".staging").iterdir())
@@ -195,3 +231,141 @@ def test_killed_write_leaves_no_partial_sample(tmp_path, kill_at):
     nxt = f"s_{w.next_index('s'):06d}"
     assert w.write(nxt, image, fg, a, GREEN).accepted
     assert _check_consistent(root) == names | {nxt}
+
+
+# -- one writer per folder ----------------------------------------------------------------------------------------
+
+HOLD_SCRIPT = (
+    "import sys\n"
+    "from diffumatting.dataset import MattingDatasetWriter\n"
+    "w = MattingDatasetWriter(sys.argv[1])\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_second_process_is_refused_and_a_killed_holder_frees_the_folder(tmp_path):
+    root = tmp_path / "ds"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+        (root / ".staging" / "m0097.abc").mkdir(parents=True)  # the holder's sample in progress
+        with pytest.raises(DatasetLockedError) as info:
+            MattingDatasetWriter(root)
+        msg = str(info.value)
+        assert str(root) in msg and f"pid {holder.pid}" in msg and "another writer" in msg
+        with pytest.raises(DatasetLockedError):
+            open_writer(root)
+        # the refused writer did not "recover" the holder's staging area away
+        assert (root / ".staging" / "m0097.abc").is_dir()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up in the holder
+        holder.wait(timeout=60)
+    assert holder.returncode == -signal.SIGKILL
+    assert (root / ".lock").exists()  # the file stays, the lock went with the process
+    w = MattingDatasetWriter(root)
+    image, fg, a = _sample()
+    assert w.write("s_000000", image, fg, a, GREEN).accepted
+    w.close()
+
+
+def test_one_writer_per_folder_within_a_process(tmp_path):
+    root = tmp_path / "ds"
+    w = MattingDatasetWriter(root)
+    with pytest.raises(DatasetLockedError, match="open_writer"):
+        MattingDatasetWriter(root)
+    # open_writer shares the open writer (also through another spelling / a symlink of the folder)
+    (tmp_path / "link").symlink_to(root)
+    shared = open_writer(tmp_path / "link")
+    assert shared is w and open_writer(str(root) + "/.") is w
+    image, fg, a = _sample()
+    shared.write("a", image, fg, a, GREEN)
+    assert "a" in w  # one in-memory state: the other user sees the sample without re-reading the file
+    shared.close()
+    shared.close()
+    assert not w.closed  # w still holds it
+    w.close()
+    assert w.closed
+    with pytest.raises(ValueError, match="closed"):
+        w.write("b", image, fg, a, GREEN)
+    with open_writer(root) as w2:  # free again
+        assert w2 is not w and "a" in w2
+    assert w2.closed
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        MattingDatasetWriter(target)
+    real_open = os.open
+
+    def read_only_open(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(wmod.os, "open", read_only_open)  # os.open as seen by the lock (same os module)
+    with pytest.raises(ValueError, match="cannot write a data set here: Read-only file system"):
+        MattingDatasetWriter(tmp_path / "ro")
+
+
+# -- metadata.jsonl recovery ----------------------------------------------------------------------------------------
+
+def _filled(root, n=4):
+    w = MattingDatasetWriter(root)
+    image, fg, a = _sample()
+    for i in range(n):
+        w.write(f"s_{i:06d}", image, fg, a, GREEN)
+    w.close()
+    return root / "metadata.jsonl"
+
+
+def test_bad_middle_row_is_an_error_and_changes_nothing(tmp_path):
+    meta = _filled(tmp_path / "ds")
+    lines = meta.read_bytes().split(b"\n")
+    lines[2] = lines[2][:40]  # line 3 cut short (a hand edit, or an old short write)
+    meta.write_bytes(b"\n".join(lines))
+    (tmp_path / "ds" / ".pending").mkdir(exist_ok=True)
+    before = {p: p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(ValueError, match=r"metadata\.jsonl: line 3 "):
+        MattingDatasetWriter(tmp_path / "ds")
+    after = {p: p.read_bytes() for p in (tmp_path / "ds").rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    # the failed open released the folder: with the bad line removed by hand it opens again
+    meta.write_bytes(b"\n".join(lines[:2] + lines[3:]))
+    with MattingDatasetWriter(tmp_path / "ds") as w:
+        assert len(w.committed) == 3
+
+
+def test_torn_last_row_is_repaired(tmp_path):
+    meta = _filled(tmp_path / "ds")
+    good = meta.read_bytes()
+    meta.write_bytes(good + b'{"name": "s_00000')
+    with MattingDatasetWriter(tmp_path / "ds") as w:
+        assert sorted(w.committed) == [f"s_{i:06d}" for i in range(4)]
+    assert meta.read_bytes() == good
+
+
+def test_append_row_survives_short_writes_and_cuts_back_a_failed_one(tmp_path, monkeypatch):
+    path = tmp_path / "rows.jsonl"
+    wmod._append_row(str(path), {"name": "first"})
+    real_write = os.write
+    monkeypatch.setattr(wmod.os, "write", lambda fd, data: real_write(fd, bytes(data[:5])))  # 5 bytes per call
+    wmod._append_row(str(path), {"name": "second", "caption": "a long caption " * 20})
+    calls = {"n": 0}
+
+    def failing_write(fd, data):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, bytes(data[:5]))
+
+    monkeypatch.setattr(wmod.os, "write", failing_write)
+    with pytest.raises(OSError, match="No space"):
+        wmod._append_row(str(path), {"name": "third"})
+    monkeypatch.setattr(wmod.os, "write", real_write)
+    wmod._append_row(str(path), {"name": "fourth"})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["first", "second", "fourth"]
