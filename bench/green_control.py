@@ -95,9 +95,11 @@ def main(argv=None) -> int:
     rows = []
     for which in [m.strip() for m in a.models.split(",") if m.strip()]:
         model, clip, vae = build(harness, which)
-        patched, pos, neg, sink, _ = gc.apply_green_control(
+        res = gc.apply_green_control(
             model, clip, vae, "a red apple", "", "green", 0.8, 1.0, gc.DEFAULT_SUFFIX, gc.DEFAULT_NEGATIVE_SUFFIX,
             0.3, 0.3, 0.0)
+        patched, pos, neg = res.model, res.positive, res.negative
+        runs = gc.attach_run_log(patched)  # each patched run appends its own RunState
         latent = torch.zeros(a.batch, 4, a.size // 8, a.size // 8)
         noise = comfy.sample.prepare_noise(latent, 0)
         variants = {"plain": model, "patched": patched}
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
                 times[k].append(time_run(comfy.sample.sample, m, a.steps, pos, neg, latent, noise))
                 if k == "patched":  # wall time spent inside the patch's own code, as a share of the step
                     shares.append(inside["s"] / a.steps / times[k][-1][0])
-        if sink.anchored == 0:
+        if not runs.runs or any(r.anchored == 0 for r in runs.runs):
             raise SystemExit("the patched runs never anchored: the benchmark would not measure the patch")
         stats = {k: {"wall_med": statistics.median(t[0] for t in v), "cpu_med": statistics.median(t[1] for t in v),
                      "cpu_min": min(t[1] for t in v)} for k, v in times.items()}
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
         for k, v in times.items():
             print(f"[{which}] {k:7s} wall s/step {[round(t[0], 3) for t in v]}  cpu s/step "
                   f"{[round(t[1], 3) for t in v]}", flush=True)
-        del model, clip, vae, patched
+        del model, clip, vae, patched, res, runs
 
     print()
     print(f"GreenControl overhead, {a.size}x{a.size} px, batch {a.batch}, euler, cfg 7, {a.steps} steps per run, "

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["schedule_progress", "strength_schedule", "anchor_x0", "key_colour_image", "green_latent"]
+from ..common.keycolour import KeyColour
+
+__all__ = ["schedule_progress", "strength_schedule", "anchor_x0", "flat_key_image", "key_latent"]
 
 
 def schedule_progress(sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> torch.Tensor:
@@ -78,26 +80,36 @@ def anchor_x0(x0: torch.Tensor, z_green: torch.Tensor, mask: torch.Tensor, weigh
     return torch.lerp(x0, target, factor.to(x0.dtype).expand_as(x0))
 
 
-def key_colour_image(rgb: torch.Tensor, size: int = 64) -> torch.Tensor:
-    """rgb: [3] float in [0,1] -> a flat image [1,3,size,size] float32 in [0,1]."""
-    rgb = torch.as_tensor(rgb, dtype=torch.float32).flatten()
+def _key_rgb(key) -> torch.Tensor:
+    rgb = key.tensor() if isinstance(key, KeyColour) else torch.as_tensor(key, dtype=torch.float32).detach().flatten()
+    rgb = rgb.float().cpu()
     if rgb.numel() != 3 or not torch.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 1:
-        raise ValueError(f"rgb: expected three values in [0,1], got {rgb.tolist()}")
-    return rgb.view(1, 3, 1, 1).expand(1, 3, size, size).contiguous()
+        raise ValueError(f"key: expected a KeyColour or three values in [0,1], got {rgb.tolist()}")
+    return rgb
 
 
-def green_latent(
-    encode: Callable[[torch.Tensor], torch.Tensor], rgb: torch.Tensor, size: int = 64, border: int = 2
-) -> torch.Tensor:
-    """encode: image [1,3,H,W] in [0,1] -> latent [1,C,h,w]; rgb: [3] in [0,1] -> z: [1,C,1,1] float32.
+def flat_key_image(key, size: int = 64, batch: int = 1) -> torch.Tensor:
+    """key: KeyColour or [3] float in [0,1] -> a flat key-colour image [batch,3,size,size] float32 in [0,1] (cpu)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size: expected a positive number of pixels, got {size!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected a positive batch size, got {batch!r}")
+    return _key_rgb(key).view(1, 3, 1, 1).expand(batch, 3, size, size).contiguous()
 
-    Encodes a flat ``size`` px key-colour image and averages each channel over the latent's interior (``border``
-    latent pixels dropped: padding disturbs the edges). Raises ``ValueError`` if the encoder returns a
-    non-finite latent (e.g. an untrained VAE), naming the cause, instead of letting NaN reach the sampler.
+
+def key_latent(encode: Callable[[torch.Tensor], torch.Tensor], key, size: int = 64, border: int = 2) -> torch.Tensor:
+    """encode: image [1,3,H,W] in [0,1] -> latent [1,C,h,w]; key: KeyColour or [3] in [0,1] -> z: [1,C,1,1] float32.
+
+    The one key latent ``z_key``: encodes :func:`flat_key_image` (``size`` px) and averages each channel over the
+    latent's interior (``border`` latent pixels dropped: padding disturbs the edges). ``encode`` decides the space:
+    ``vae.encode`` gives VAE space, followed by ``latent_format.process_in`` model space (both per-channel affine,
+    so averaging first is the same). Raises ``ValueError`` if the encoder returns a non-finite latent (e.g. an
+    untrained VAE), naming the cause, instead of letting NaN reach the sampler.
     """
-    z = encode(key_colour_image(rgb, size))
-    if z.ndim != 4 or z.shape[0] != 1:
-        raise ValueError(f"encode: expected a latent [1,C,h,w], got {tuple(z.shape)}")
+    z = encode(flat_key_image(key, size))
+    if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[0] != 1:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"encode: expected a latent [1,C,h,w], got {shape}")
     h, w = z.shape[-2:]
     if h > 2 * border + 1 and w > 2 * border + 1:
         z = z[..., border : h - border, border : w - border]

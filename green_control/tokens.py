@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["token_matches", "find_word_positions", "flatten_ids"]
+__all__ = ["token_matches", "find_word_positions", "flatten_ids", "count_word", "suffix_word_positions"]
 
 # The word a key colour is prompted with is its KeyColour.word (common/keycolour.py).
 
@@ -54,3 +54,31 @@ def find_word_positions(
     if last is not None and last > 0:
         positions = positions[-last:]
     return positions
+
+
+def count_word(chunks: Sequence[Sequence], inv_vocab: Mapping[int, str], word: str) -> int:
+    """chunks: token chunks of a text -> how many of its tokens spell ``word`` (see :func:`token_matches`)."""
+    return sum(1 for tok in flatten_ids(chunks) if tok is not None and token_matches(inv_vocab.get(tok, ""), word))
+
+
+def suffix_word_positions(
+    prompt_chunks: Sequence[Sequence], suffix_chunks: Sequence[Sequence], inv_vocab: Mapping[int, str], word: str
+) -> list[int]:
+    """prompt_chunks: tokens of ``"<subject>, <suffix>"``, suffix_chunks: tokens of the suffix alone -> the global
+    positions of ``word`` in the prompt that belong to the suffix (its last occurrences).
+
+    Only the suffix names the canvas: a "green" in the subject ("a green apple") is never used. Raises
+    ``ValueError`` naming ``suffix`` when the suffix (also an empty one) does not contain the word.
+    """
+    if not word or not word.strip():
+        raise ValueError("word: expected a non-empty colour word such as 'green'")
+    word = word.strip()
+    in_suffix = count_word(suffix_chunks, inv_vocab, word)
+    if in_suffix == 0:
+        raise ValueError(f"suffix: it does not contain the key colour's word {word!r}, which names the canvas and "
+                         f"whose attention gives the background mask (a {word!r} in the subject is not used); "
+                         f"put it in the suffix, e.g. 'isolated on a plain {word} screen background'")
+    positions = find_word_positions(prompt_chunks, inv_vocab, word)
+    if len(positions) < in_suffix:  # cannot happen with a prompt that ends with the suffix
+        raise ValueError(f"suffix: the prompt has {len(positions)} {word!r} tokens but the suffix {in_suffix}")
+    return positions[-in_suffix:]

@@ -2,7 +2,8 @@
 
 Pairs come from :mod:`trainer.pairs` (the one pair loader; folder layouts there) or from memory. A caption comes
 from the sidecar text file, else from the folder name (``red_apples`` -> "red apples"); the fixed prompt suffix
-("isolated on a pure green screen background", naming the key colour) is appended, and with probability
+(``green_control.prompt.DEFAULT_SUFFIX``, "isolated on a plain green screen background"; ``train`` puts the key
+colour's word in it with ``green_control.prompt.key_suffix``) is appended, and with probability
 ``caption_dropout`` the caption is empty (classifier-free guidance). A straight foreground is preferred over an
 original image when both exist.
 
@@ -18,21 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..green_control.prompt import DEFAULT_SUFFIX, build_prompt, names_word  # noqa: F401 (one prompt builder)
 from .augment import ColourJitter, over
 from .losses import background_mask, transition_band
 from .pairs import IMAGE_EXTS, Sample, clean_folder_caption, load_pair, read_caption, scan_folder  # noqa: F401
 from .seeding import chance, randint, sample_generator, uniform
 
 log = logging.getLogger("diffumatting.trainer")
-
-DEFAULT_SUFFIX = "isolated on a pure green screen background"
 
 
 @dataclass
@@ -71,12 +70,6 @@ class DataOptions:
             raise ValueError(f"band_radius: expected an int >= 0 (pixels), got {self.band_radius!r}")
 
 
-def build_prompt(caption: str, suffix: str) -> str:
-    """caption, suffix -> ``"<caption>, <suffix>"`` (either part may be empty)."""
-    caption, suffix = caption.strip().rstrip(","), suffix.strip()
-    return ", ".join(p for p in (caption, suffix) if p)
-
-
 def _crop_to_subject(rgb: torch.Tensor, alpha: torch.Tensor, max_side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """rgb [3,H,W], alpha [1,H,W] -> both cropped to alpha's bounding box, area-downscaled to <= max_side px."""
     ys, xs = torch.nonzero(alpha[0] > 0.01, as_tuple=True)
@@ -88,11 +81,6 @@ def _crop_to_subject(rgb: torch.Tensor, alpha: torch.Tensor, max_side: int) -> t
         both = F.interpolate(torch.cat([rgb, alpha])[None], size=(max(1, round(h * k)), max(1, round(w * k))), mode="area")[0]
         rgb, alpha = both[:3], both[3:]
     return rgb.contiguous(), alpha.contiguous()
-
-
-def names_word(text: str, word: str) -> bool:
-    """True if ``text`` contains ``word`` as a whole word (case-insensitive; a plural "greens" counts)."""
-    return re.search(rf"\b{re.escape(word)}s?\b", text, flags=re.IGNORECASE) is not None
 
 
 def place_on_canvas(

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..common.files import atomic_write_text
-from ..green_control.anchor import green_latent
+from ..green_control.anchor import key_latent
 from ..green_control.attention import cross_attention_probs
 from ..green_control.mask import aggregate_attention
 from ..common.keycolour import KeyColour
@@ -233,7 +233,7 @@ class GreenTrainer:
         self.key = colour.tensor()
         self.word = options.key_word or colour.word
         self.prompts = PromptEncoder(clip, self.word)
-        self.z_green = green_latent(self.encode_images, self.key)  # [1,C,1,1]: the key colour's latent
+        self.z_green = key_latent(self.encode_images, self.key_colour)  # [1,C,1,1]: the key colour's latent
         self.step_done = 0
 
     # -- set-up helpers

@@ -93,8 +93,8 @@ def register(subparsers) -> None:
     da.add_argument("--vflip", type=float, default=0.0, help="probability of a vertical flip")
     da.add_argument("--jitter", type=float, default=0.1, help="colour-jitter strength (0 = off)")
     da.add_argument("--caption-suffix", default=None,
-                    help="appended to every caption; must name the key colour (default: 'isolated on a pure "
-                         "<colour word> screen background', green/blue/magenta from --key-colour)")
+                    help="appended to every caption; must name the key colour (default: 'isolated on a plain "
+                         "<colour word> screen background', the colour word of --key-colour)")
     da.add_argument("--caption-dropout", type=float, default=0.1, help="probability of an empty caption")
     da.add_argument("--default-caption", default="an object", help="caption when neither a sidecar nor a folder name gives one")
     da.add_argument("--band-radius", type=int, default=None, help="transition-band dilation in px (default 10 at 512, scaled)")
@@ -112,7 +112,8 @@ def build_dataset(args):
     """args -> a GreenDataset over every --data folder (+ --synthetic samples)."""
     from ...common.keycolour import parse_key_colour
     from ...synthetic import synthetic_matte
-    from ...trainer.data import DataOptions, GreenDataset, names_word, scan_folder
+    from ...green_control.prompt import DEFAULT_SUFFIX, key_suffix, names_word
+    from ...trainer.data import DataOptions, GreenDataset, scan_folder
 
     try:
         key = parse_key_colour(args.key_colour, "--key-colour")
@@ -125,10 +126,10 @@ def build_dataset(args):
     suffix = args.caption_suffix
     word = args.key_word or key.word
     if suffix is None:
-        suffix = f"isolated on a pure {word} screen background"
+        suffix = key_suffix(DEFAULT_SUFFIX, word)
     elif args.w_green > 0 and args.w_attn > 0 and not names_word(suffix, word):
         raise CLIError(f"--caption-suffix: {suffix!r} does not name the key colour word {word!r}; the attention "
-                       f"loss needs it in every prompt (e.g. 'isolated on a pure {word} screen background'), or "
+                       f"loss needs it in every prompt (e.g. {key_suffix(DEFAULT_SUFFIX, word)!r}), or "
                        "set --key-word, or turn that loss off with --w-attn 0")
     opts = DataOptions(
         resolution=args.resolution, key_colour=key, scale=tuple(args.scale), hflip=args.hflip, vflip=args.vflip,

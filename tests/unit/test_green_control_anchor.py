@@ -7,8 +7,8 @@ import torch
 
 from diffumatting.green_control.anchor import (
     anchor_x0,
-    green_latent,
-    key_colour_image,
+    flat_key_image,
+    key_latent,
     schedule_progress,
     strength_schedule,
 )
@@ -78,9 +78,9 @@ def test_schedule_progress_and_cutoff():
         strength_schedule(sigmas[:1], sigmas, -1.0, 0.5)
 
 
-def test_green_latent_interior_mean_and_nan_error():
+def test_key_latent_interior_mean_and_nan_error():
     rgb = torch.tensor([0.0, 1.0, 0.0])
-    img = key_colour_image(rgb, 16)
+    img = flat_key_image(rgb, 16)
     assert img.shape == (1, 3, 16, 16) and (img[:, 1] == 1).all() and (img[:, 0] == 0).all()
 
     def encode(x):  # a stand-in encoder: per-channel linear map, with disturbed borders
@@ -88,13 +88,26 @@ def test_green_latent_interior_mean_and_nan_error():
         z[..., 0, :] = 100.0
         return z
 
-    z = green_latent(encode, rgb, size=16, border=1)
+    z = key_latent(encode, rgb, size=16, border=1)
     assert z.shape == (1, 4, 1, 1)
     torch.testing.assert_close(z.flatten(), torch.tensor([-1.0, 2.0, 0.0, 1 / 3]))
     with pytest.raises(ValueError, match="non-finite"):
-        green_latent(lambda x: torch.full((1, 4, 8, 8), float("nan")), rgb)
-    with pytest.raises(ValueError, match="rgb"):
-        key_colour_image(torch.tensor([0.0, 2.0, 0.0]))
+        key_latent(lambda x: torch.full((1, 4, 8, 8), float("nan")), rgb)
+    with pytest.raises(ValueError, match="key"):
+        flat_key_image(torch.tensor([0.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="encode"):
+        key_latent(lambda x: x[0], rgb)  # [3,H,W]: not a latent batch
+
+
+def test_flat_key_image_takes_a_key_colour_and_a_batch():
+    key = parse_key_colour("chroma_green")
+    img = flat_key_image(key, size=8, batch=3)
+    assert img.shape == (3, 3, 8, 8) and img.dtype == torch.float32
+    torch.testing.assert_close(img[2, :, 4, 4], torch.tensor([0.0, 177 / 255, 64 / 255]))
+    torch.testing.assert_close(flat_key_image(key.rgb, 8), img[:1])
+    for bad in ({"size": 0}, {"batch": 0}, {"size": 2.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            flat_key_image(key, **{"size": 8, "batch": 1, **bad})
 
 
 # A tiny CLIP-like vocabulary with the entries ComfyUI's SD1 tokenizer uses for these words.

@@ -97,7 +97,7 @@ def test_default_suffix_names_the_key_colour(tmp_path):
         args = build_parser().parse_args(["train", "--checkpoint", "x", "--data", str(tmp_path / "d"), "--out",
                                           str(tmp_path), "--key-colour", colour, "--resolution", "64",
                                           "--caption-dropout", "0"])
-        assert build_dataset(args)[0]["prompt"] == f"a cup, isolated on a pure {word} screen background"
+        assert build_dataset(args)[0]["prompt"] == f"a cup, isolated on a plain {word} screen background"
 
 
 def test_trim_log(tmp_path):

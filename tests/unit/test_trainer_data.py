@@ -36,7 +36,7 @@ def test_item_contents_and_masks(tmp_path):
     item = ds[0]
     assert item["image"].shape == (3, 64, 64) and item["alpha"].shape == (1, 64, 64)
     assert item["bg"].shape == (1, 8, 8) and item["band"].shape == (1, 8, 8)
-    assert item["prompt"] == "a fluffy toy, isolated on a pure green screen background"
+    assert item["prompt"] == "a fluffy toy, isolated on a plain green screen background"
     assert item["has_key_word"]
     # composite onto the key colour, masks consistent with the loss helpers
     assert torch.allclose(item["image"], over(item["fg"], item["alpha"], GREEN), atol=1e-6)
@@ -87,7 +87,7 @@ def test_captions_folder_names_and_dropout(tmp_path):
     assert clean_folder_caption("synth_000004") == "synth"
     assert build_prompt("", "on green") == "on green"
     ds = GreenDataset(tmp_path, opts(default_caption="a thing"))
-    assert {ds[i]["prompt"] for i in range(2)} == {"synth, isolated on a pure green screen background"}
+    assert {ds[i]["prompt"] for i in range(2)} == {"synth, isolated on a plain green screen background"}
     dropped = GreenDataset(tmp_path, opts(caption_dropout=1.0))
     assert dropped[0]["prompt"] == "" and not dropped[0]["has_key_word"]
 
