@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["token_matches", "find_word_positions", "flatten_ids", "count_word", "suffix_word_positions"]
+__all__ = ["token_matches", "find_word_positions", "flatten_ids", "count_word", "suffix_word_positions",
+           "clip_inverse_vocab"]
 
 # The word a key colour is prompted with is its KeyColour.word (common/keycolour.py).
 
@@ -82,3 +83,15 @@ def suffix_word_positions(
     if len(positions) < in_suffix:  # cannot happen with a prompt that ends with the suffix
         raise ValueError(f"suffix: the prompt has {len(positions)} {word!r} tokens but the suffix {in_suffix}")
     return positions[-in_suffix:]
+
+
+def clip_inverse_vocab(tokenizer, key: str = "l") -> Mapping[int, str]:
+    """A ComfyUI CLIP tokenizer object (SD1.x ``clip_l``, SDXL ``clip_l``/``clip_g``) -> its ``{id: token}`` vocabulary.
+
+    Duck-typed (attribute access only, no ComfyUI import). ``ValueError`` naming ``clip`` when there is none."""
+    for name in (f"clip_{key}", getattr(tokenizer, "clip", None), key):
+        inner = getattr(tokenizer, name, None) if isinstance(name, str) and name else None
+        if inner is not None and hasattr(inner, "inv_vocab"):
+            return inner.inv_vocab
+    raise ValueError(f"clip: its tokenizer ({type(tokenizer).__name__}) has no CLIP vocabulary for {key!r}; "
+                     "GreenControl supports SD1.x and SDXL text encoders")

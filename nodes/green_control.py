@@ -25,7 +25,7 @@ from ..common.keycolour import KeyColour, parse_key_colour
 from ..green_control.anchor import key_latent
 from ..green_control.prompt import DEFAULT_NEGATIVE_SUFFIX, DEFAULT_SUFFIX, build_negative, build_prompt, key_suffix
 from ..green_control.recorder import RECORD_LEVELS, GreenSettings, RunLog, RunState, unet_attn2_lookup
-from ..green_control.tokens import suffix_word_positions
+from ..green_control.tokens import clip_inverse_vocab, suffix_word_positions
 from .common import (category, check_key_widget, key_colour_options, key_socket_input, key_socket_output, preset_label,
                      socket_keys)
 
@@ -122,21 +122,12 @@ def attach_run_log(model) -> RunLog:
 # Tokens and the key-colour latent (the logic is in green_control/; this is the CLIP/VAE plumbing)
 
 
-def _inner_tokenizer(tokenizer, key: str):
-    for name in (f"clip_{key}", getattr(tokenizer, "clip", None), key):
-        inner = getattr(tokenizer, name, None) if name else None
-        if inner is not None and hasattr(inner, "inv_vocab"):
-            return inner
-    raise ValueError(f"clip: its tokenizer ({type(tokenizer).__name__}) has no CLIP vocabulary for {key!r}; "
-                     "GreenControl supports SD1.x and SDXL text encoders")
-
-
 def key_token_positions(clip, positive: str, suffix: str, word: str) -> tuple[list[int], dict]:
     """Global positions of ``word`` in the tokenized prompt that belong to the suffix, and the prompt's tokens.
     ``ValueError`` naming ``suffix`` when the suffix does not contain the word (a subject's word is never used)."""
     tokens = clip.tokenize(positive)
     key = "l" if "l" in tokens else next(iter(tokens))
-    inv = _inner_tokenizer(clip.tokenizer, key).inv_vocab
+    inv = clip_inverse_vocab(clip.tokenizer, key)
     suffix_chunks = clip.tokenize(suffix)[key] if suffix and suffix.strip() else []
     return suffix_word_positions(tokens[key], suffix_chunks, inv, word), tokens
 

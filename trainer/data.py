@@ -39,7 +39,7 @@ class DataOptions:
     """How samples are built. ``resolution`` must be a multiple of 8 (the latent factor)."""
 
     resolution: int = 512
-    key_colour: object = "pure_green"  # a KeyColour, preset, hex or RGB triple (common.keycolour.parse_key_colour)
+    key_colour: object = "chroma_green"  # the CLI's and GreenControl's default; a KeyColour, preset, hex or RGB triple (common.keycolour.parse_key_colour)
     scale: tuple = (0.5, 0.95)  # subject's longer side as a fraction of the canvas
     hflip: float = 0.5
     vflip: float = 0.0

@@ -37,7 +37,8 @@ from ..green_control.anchor import key_latent
 from ..green_control.attention import cross_attention_probs
 from ..green_control.mask import aggregate_attention
 from ..common.keycolour import KeyColour
-from ..green_control.tokens import find_word_positions
+from ..green_control.recorder import unet_attn2_lookup
+from ..green_control.tokens import clip_inverse_vocab, find_word_positions
 from .data import collate
 from .losses import LossWeights, abar_from_sigma, joint_loss
 from . import checkpoint
@@ -138,25 +139,6 @@ class TrainResult:
 # ComfyUI glue (objects are passed in; only their public attributes are used)
 
 
-def _attn2_module(unet, block, block_index: int):
-    """ComfyUI UNet + ``extra_options["block"]`` (("input"|"middle"|"output", id)) -> that block's attn2 module."""
-    kind, idx = block
-    seq = unet.input_blocks[idx] if kind == "input" else unet.middle_block if kind == "middle" else unet.output_blocks[idx]
-    for layer in seq:
-        if hasattr(layer, "transformer_blocks"):
-            return layer.transformer_blocks[block_index].attn2
-    raise ValueError(f"block {block}: no transformer in this UNet block")
-
-
-def _inv_vocab(clip) -> dict:
-    tok = clip.tokenizer
-    inner = getattr(tok, "clip_l", None) or getattr(tok, getattr(tok, "clip", ""), None)
-    vocab = getattr(inner, "inv_vocab", None)
-    if vocab is None:
-        raise ValueError("clip: its tokenizer has no CLIP vocabulary (expected an SD1.x/SDXL CLIP)")
-    return vocab
-
-
 class PromptEncoder:
     """Prompts -> (cond [B,L,D], token positions of the key word per prompt, each prompt's own length).
 
@@ -167,7 +149,7 @@ class PromptEncoder:
     def __init__(self, clip, word: str):
         self.clip = clip
         self.word = word
-        self.vocab = _inv_vocab(clip)
+        self.vocab = clip_inverse_vocab(clip.tokenizer, "l")
         self.cache: dict[str, tuple[torch.Tensor, list[int] | None]] = {}
         self.missing_word = 0
 
@@ -305,13 +287,13 @@ class GreenTrainer:
         valid = [bool(batch["has_key_word"][i]) and token_ids[i] is not None for i in range(b)]
         maps: list[list] = [[] for _ in range(b)]
         levels = set(self.opts.attn_levels)
-        unet = self.unet
+        attn2_of = unet_attn2_lookup(self.unet)
         need_attn = self.opts.weights.green > 0 and self.opts.weights.attn > 0 and any(valid)
 
         def record(n, context, value, extra):
             shape, orig = extra["activations_shape"], extra["original_shape"]
             if orig[-1] // shape[-1] in levels:
-                attn = _attn2_module(unet, extra["block"], extra["block_index"])
+                attn = attn2_of(extra["block"], extra["block_index"])
                 for i in range(b):
                     if valid[i]:
                         probs = cross_attention_probs(attn, n[i : i + 1], context[i : i + 1], token_ids[i],

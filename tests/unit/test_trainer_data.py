@@ -21,7 +21,7 @@ from diffumatting.trainer.data import (
 from diffumatting.trainer.augment import over
 from diffumatting.trainer.losses import background_mask, transition_band
 
-GREEN = torch.tensor([0.0, 1.0, 0.0])
+GREEN = torch.tensor([0.0, 177.0, 64.0]) / 255.0  # DataOptions's default key: chroma green #00B140
 
 
 def opts(**kw):
