@@ -56,3 +56,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError -> one line: its reason (``No space left on device``), without errno noise or a traceback."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def prepare_output_dir(path: str | os.PathLike, name: str = "--out") -> str:
+    """Make sure ``path`` is a folder this process can write into (creating it and its parents) -> its absolute path.
+
+    Checked up front, before any work: ``ValueError`` naming ``name`` when ``path`` is an existing file, cannot be
+    created (``/proc/x``, a missing drive, no permission) or is not writable (read-only file system, permissions). A
+    disk that fills up later still fails at write time, with no partial file (:func:`atomic_path`).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}: {path} is a file; expected a folder (or a new folder's name)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot create the folder {path}: {os_error_text(exc)}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot write into {path}: {os_error_text(exc)}") from None
+    return path

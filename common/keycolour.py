@@ -29,6 +29,20 @@ __all__ = ["KeyColour", "KEY_PRESETS", "PRESET_ALIASES", "PRESET_LABELS", "PRESE
 
 DEFAULT_KEY = (40 / 255.0, 180 / 255.0, 70 / 255.0)  # the typical chroma green of a lit screen / a generator canvas
 MIN_KEY_DOMINANCE = 0.1  # a key colour whose difference measure is below this is not a usable key
+# "Is there a key screen at all?" (auto estimation only; a given colour is always keyed against). A screen is a
+# saturated green, blue or magenta (HSV hue ranges in degrees below), clearly coloured (its own colour difference at
+# least MIN_SCREEN_DOMINANCE, about half of a lit chroma screen's 0.43) and visible on the image border (at least
+# MIN_SCREEN_BORDER of the border pixels within 0.12 of it). Anything else (objects on grey / white / black, a
+# photo on its own background, a red or orange "key") is "no key colour": NoKeyColourWarning and an opaque result,
+# never an inverted matte. Set on the development mattes (../shared/data/mattes): composited over green, blue or
+# magenta, every subject whose canvas shows on >= 15 % of the border is recognised at full and at an eighth of the
+# size (lowest: dominance 0.28, HSV saturation 0.69, border 0.14); of the 43 photos on their own backgrounds, 41
+# give no key (the other two have a saturated blue sky behind the subject, keyed as a blue screen: the subject stays
+# opaque). A photo with a little sky in a corner (5 % of the border) stays below MIN_SCREEN_BORDER.
+SCREEN_HUES = {"green": (75.0, 165.0), "blue": (185.0, 255.0), "magenta": (275.0, 335.0)}
+MIN_SCREEN_DOMINANCE = 0.2
+MIN_SCREEN_SATURATION = 0.6
+MIN_SCREEN_BORDER = 0.07
 # Colour words by hue (degrees): the word a prompt names the canvas with and the attention is recorded for.
 _WORD_HUES = {"red": 0.0, "orange": 30.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 225.0,
               "purple": 270.0, "magenta": 300.0}
@@ -255,7 +269,8 @@ def _estimate(frame: torch.Tensor, pix: torch.Tensor) -> tuple[torch.Tensor, boo
         bins = (hue / 6 * 36).long().clamp(0, 35)
         hist = torch.bincount(bins, minlength=36).float()
         hist = hist + 0.5 * (hist.roll(1) + hist.roll(-1))
-        mode = int(hist.argmax())
+        # the mode among the screen hues (a large orange subject does not outvote a green screen's bins)
+        mode = int(torch.where(_SCREEN_BINS.to(hist.device), hist, torch.full_like(hist, -1.0)).argmax())
         near = (bins - mode + 36) % 36
         sel = (near <= 1) | (near >= 35)
         if sel.float().mean() * sat.float().mean() < 0.15:
@@ -265,16 +280,34 @@ def _estimate(frame: torch.Tensor, pix: torch.Tensor) -> tuple[torch.Tensor, boo
         close = (pix - key[:, None]).abs().amax(dim=0) < 0.12
         if close.sum() > 64:
             key = pix[:, close].median(dim=1).values
-        if float(key_dominance(key[None])[0]) >= MIN_KEY_DOMINANCE:
+        if _is_screen(key, frame):
             return key, True
     return torch.tensor(DEFAULT_KEY, dtype=frame.dtype, device=frame.device), False
+
+
+def _in_screen_hues(hue_deg: float) -> bool:
+    return any(lo <= hue_deg <= hi for lo, hi in SCREEN_HUES.values())
+
+
+# the 36 hue-histogram bins whose centre lies in a screen hue range
+_SCREEN_BINS = torch.tensor([_in_screen_hues((i + 0.5) * 10.0) for i in range(36)])
+
+
+def _is_screen(key: torch.Tensor, frame: torch.Tensor) -> bool:
+    """key [3], frame [3,N] (border pixels) in [0,1] -> whether ``key`` is a key-colour screen seen on the border."""
+    h, s, _ = colorsys.rgb_to_hsv(*key.clamp(0, 1).tolist())
+    if not (_in_screen_hues(h * 360.0) and s >= MIN_SCREEN_SATURATION):
+        return False
+    if float(key_dominance(key[None].float())[0]) < max(MIN_SCREEN_DOMINANCE, MIN_KEY_DOMINANCE):
+        return False
+    return float(((frame - key[:, None]).abs().amax(dim=0) < 0.12).float().mean()) >= MIN_SCREEN_BORDER
 
 
 def _keys(estimates, warn: bool) -> list[KeyColour]:
     keys = []
     for i, (rgb, ok) in enumerate(estimates):
         if not ok and warn:
-            warnings.warn(f"image {i}: no recognisable key colour (no dominant saturated canvas colour); "
+            warnings.warn(f"image {i}: no recognisable key colour (no green, blue or magenta screen on its border); "
                           "the result is opaque (pass key_colour to key against a given colour)", NoKeyColourWarning,
                           stacklevel=3)
         keys.append(KeyColour(tuple(rgb.clamp(0, 1).tolist()), "estimated" if ok else "default"))
@@ -284,9 +317,12 @@ def _keys(estimates, warn: bool) -> list[KeyColour]:
 def estimate_key_colours(image: torch.Tensor, warn: bool = True) -> list[KeyColour]:
     """image: [B,3,H,W] float in [0,1] -> B KeyColours (the dominant saturated canvas colour of each image).
 
-    Robust to a gentle lighting gradient and to a subject covering most of the frame (the hue-histogram mode of
-    the saturated border pixels, then of the whole image). An image with no recognisable key colour gets
-    ``source="default"`` (:data:`DEFAULT_KEY`) and a :class:`NoKeyColourWarning`.
+    Robust to a gentle lighting gradient and to a subject covering most of the frame (the hue-histogram mode, among
+    the screen hues, of the saturated border pixels, then of the whole image). Only a key-colour screen counts
+    (green, blue or magenta, saturated, seen on the border: see :data:`SCREEN_HUES`); an image without one (objects
+    on grey, white or black, a photo on its own background) gets ``source="default"`` (:data:`DEFAULT_KEY`) and a
+    :class:`NoKeyColourWarning`, and GreenPost then returns its opaque result. Any other colour can still be keyed
+    against by passing it explicitly.
     """
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")

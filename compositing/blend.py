@@ -44,9 +44,15 @@ def broadcast_batch(named: dict[str, torch.Tensor]) -> tuple[int, dict[str, torc
 
 
 def _check(name: str, t: torch.Tensor, channels: int) -> None:
+    """``ValueError`` naming ``name`` unless ``t`` is a non-empty, finite [B,channels,H,W] tensor."""
     if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1] != channels:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"{name}: expected a [B,{channels},H,W] tensor, got {shape}")
+    if t.numel() == 0:
+        raise ValueError(f"{name}: empty (shape {tuple(t.shape)}); expected at least one image of at least 1x1 px")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: holds {bad} NaN or infinite value(s); expected finite values in [0, 1]")
 
 
 def alpha_over(fg: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor, premultiplied: bool = False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from kornia.filters import gaussian_blur2d
 
+MAX_RADIUS = 256.0  # px; the blur kernel is 3x the radius on each side
+
 
 def _blur(x: torch.Tensor, radius: float) -> torch.Tensor:
     sigma = max(float(radius), 1e-3) / 2.0
@@ -22,8 +24,8 @@ def light_wrap(composite: torch.Tensor, alpha: torch.Tensor, background: torch.T
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"light_wrap strength: expected a value in [0, 1], got {strength}")
-    if radius <= 0:
-        raise ValueError(f"light_wrap radius: expected a positive number of pixels, got {radius}")
+    if not 0 < radius <= MAX_RADIUS:  # (also refuses NaN)
+        raise ValueError(f"light_wrap radius: expected a number of pixels in (0, {MAX_RADIUS:g}], got {radius}")
     if strength == 0.0:
         return composite
     inv = 1 - alpha.clamp(0, 1)

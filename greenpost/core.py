@@ -16,6 +16,12 @@ from ..common.keycolour import (MIN_KEY_DOMINANCE, KeyColour, NoKeyColourWarning
 from .unmix import despill
 
 MIN_SIDE = 8
+# Peak working memory of green_post per input pixel (batch x height x width), above the input itself: measured on CPU
+# (float32, OpenCV paths, default and high-quality mode alike) at 130-176 bytes per pixel for 1-9 Mpx; the larger
+# figure is used. So 1 GB of free memory keys about 6 Mpx at a time (4K UHD: 1.3 GB, 8K UHD: 5.3 GB). Larger
+# inputs are refused up front with the limit named (see check_memory) instead of failing deep inside.
+KEYING_BYTES_PER_PIXEL = 176
+_MEMORY_CHECK_FROM = 256 * 2**20  # smaller calls (about 1.5 Mpx) skip the probe
 CHROMA_SUBSAMPLED = 0.5  # band chroma_detail_ratio below this: subsampled (bench, 320 px window: <= 0.32 vs >= 0.55)
 
 
@@ -84,22 +90,74 @@ class GreenPostOptions:
 
     @classmethod
     def from_kwargs(cls, **kw) -> "GreenPostOptions":
+        """Options by name -> GreenPostOptions; ``ValueError`` naming the option and its range for an unknown name,
+        a wrong type, NaN/inf or a value out of range (checked before any work)."""
         names = {f.name for f in fields(cls)}
         bad = sorted(set(kw) - names)
         if bad:
             raise ValueError(f"green_post: unknown option(s) {', '.join(bad)}; expected some of {', '.join(sorted(names))}")
-        opts = cls(**kw)
-        for name in ("black", "white", "despill", "luma_preserve", "canvas_clean"):
-            v = getattr(opts, name)
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{name}: expected a value in [0, 1], got {v!r}")
+        values = {}
+        for name, value in kw.items():
+            values[name] = _check_option(name, value)
+        opts = cls(**values)
         if opts.white <= opts.black:
             raise ValueError(f"white: must be above black ({opts.black}), got {opts.white}")
-        if not 0.1 <= opts.gamma <= 10:
-            raise ValueError(f"gamma: expected a value in [0.1, 10], got {opts.gamma!r}")
-        if opts.refine_radius < 0 or opts.despeckle_area < 0 or opts.hole_area < 0 or opts.unmix_reg <= 0:
-            raise ValueError("refine_radius and despeckle_area must be >= 0 and unmix_reg > 0")
+        if opts.fg_scalar_hi <= opts.fg_scalar_lo:
+            raise ValueError(f"fg_scalar_hi: must be above fg_scalar_lo ({opts.fg_scalar_lo}), got {opts.fg_scalar_hi}")
         return opts
+
+
+# Every option's kind and range: (kind, low, high, low_open). Bounds keep the maths defined (no division by zero, no
+# NaN) and the work bounded (radii and grid sizes that fit in memory); the defaults sit well inside them.
+_OPTION_RANGES: dict[str, tuple] = {
+    "black": ("float", 0.0, 1.0, False), "white": ("float", 0.0, 1.0, False),
+    "noise_black": ("float", 0.0, 100.0, False), "noise_white": ("float", 0.0, 100.0, False),
+    "gamma": ("float", 0.1, 10.0, False),
+    "local_screen": ("bool",), "screen_cells": ("int", 1, 1024, False), "screen_trend": ("bool",),
+    "fg_model": ("bool",), "fg_cells": ("int", 1, 1024, False), "fg_model_reach": ("int", 0, 1024, False),
+    "fg_model_tol": ("float", 0.0, 2.0, True), "fg_model_tol_subsampled": ("float", 0.0, 2.0, True),
+    "fg_erode": ("int", 0, 64, False), "fg_local_min": ("bool",), "fg_opaque": ("float", 0.0, 1.0, False),
+    "fg_scalar": ("float", 0.0, 1.0, False), "fg_scalar_angle": ("float", 0.0, 1.0, True),
+    "fg_scalar_lo": ("float", 0.0, 1.0, False), "fg_scalar_hi": ("float", 0.0, 1.0, False),
+    "refine_radius": ("int", 0, 256, False), "refine_eps": ("float", 0.0, 1.0, True),
+    "refine_eps_noise": ("float", 0.0, 1000.0, False), "refine_fit_blur": ("int", -1, 16, False),
+    "refine_colour": ("bool",), "refine_subsample": ("int", 1, 16, False), "refine_noise": ("float", 0.0, 10.0, False),
+    "despeckle_area": ("float", 0.0, 1.0, False), "hole_area": ("float", 0.0, 1.0, False),
+    "unmix_reg": ("float", 0.0, 1.0, True), "despill": ("float", 0.0, 1.0, False),
+    "despill_limit": ("choice", "max", "avg"), "luma_preserve": ("float", 0.0, 1.0, False),
+    "share_key": ("bool",), "canvas_clean": ("float", 0.0, 1.0, False),
+}
+
+
+def _check_option(name: str, value):
+    """One option's value -> the value as its kind (int / float / bool / str); ``ValueError`` naming the range."""
+    spec = _OPTION_RANGES[name]
+    kind = spec[0]
+    if kind == "bool":
+        if isinstance(value, bool) or (hasattr(value, "dtype") and str(getattr(value, "dtype")) == "bool"):
+            return bool(value)
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    if kind == "choice":
+        if value not in spec[1:]:
+            raise ValueError(f"{name}: expected one of {', '.join(map(repr, spec[1:]))}, got {value!r}")
+        return value
+    _, lo, hi, lo_open = spec
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number in {interval}, got {value!r}")
+    if kind == "int":
+        if number != int(number):
+            raise ValueError(f"{name}: expected a whole number in {interval}, got {value!r}")
+        number = int(number)
+    if number < lo or number > hi or (lo_open and number == lo):
+        raise ValueError(f"{name}: expected a {'whole ' if kind == 'int' else ''}number in {interval}, got {value!r}")
+    return number
 
 
 @dataclass
@@ -137,6 +195,8 @@ def _check_image(image) -> tuple[torch.Tensor, bool]:
                          "matte to keep, as alpha")
     if c not in (1, 3):
         raise ValueError(f"image: expected 3 channels (RGB) or 1 (grey), got {c} (shape {tuple(image.shape)})")
+    if image.shape[0] == 0:
+        raise ValueError(f"image: empty batch (shape {tuple(image.shape)}); expected at least one image")
     if min(image.shape[-2:]) < MIN_SIDE:
         raise ValueError(f"image: {image.shape[-1]}x{image.shape[-2]} px is too small; at least {MIN_SIDE}x{MIN_SIDE} px")
     if image.dtype == torch.uint8:
@@ -176,6 +236,49 @@ def _check_alpha(alpha, image: torch.Tensor) -> torch.Tensor | None:
     return alpha.expand(b, 1, h, w).clamp(0, 1).to(image.device)
 
 
+def available_memory(device) -> int | None:
+    """Bytes of memory free for new tensors on ``device`` (CPU: the OS's MemAvailable; CUDA: free + cached by
+    torch), or None when it cannot be told."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        if device.type == "cpu":
+            try:
+                with open("/proc/meminfo") as f:
+                    for line in f:
+                        if line.startswith("MemAvailable:"):
+                            return int(line.split()[1]) * 1024
+            except OSError:
+                pass
+            import os
+
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+    return None
+
+
+def check_memory(batch: int, height: int, width: int, device="cpu") -> None:
+    """Refuse (``ValueError`` naming the size, the need and the limit) a keying job larger than the free memory:
+    ``batch x height x width`` input pixels at :data:`KEYING_BYTES_PER_PIXEL` each."""
+    pixels = batch * height * width
+    need = pixels * KEYING_BYTES_PER_PIXEL
+    if need < _MEMORY_CHECK_FROM:
+        return
+    avail = available_memory(device)
+    if avail is None or need <= avail:
+        return
+    fit = avail // KEYING_BYTES_PER_PIXEL
+    side = int(math.sqrt(fit))
+    frames = f"{batch} x " if batch > 1 else ""
+    raise ValueError(f"image: {frames}{width}x{height} px ({pixels / 1e6:.1f} Mpx) needs about {need / 1e9:.1f} GB to "
+                     f"key ({KEYING_BYTES_PER_PIXEL} bytes per pixel) but {avail / 1e9:.1f} GB is free on "
+                     f"{torch.device(device).type}: at most about {fit / 1e6:.0f} Mpx fit now (e.g. {side}x{side}); "
+                     "downscale or crop it" + (", or key fewer frames at a time" if batch > 1 else ""))
+
+
 def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colour="auto", high_quality: bool = False,
                **options) -> GreenPostResult:
     """image: [B,3,H,W] float in [0,1] (+ alpha [B,1,H,W], 1 = opaque) -> GreenPostResult (fg straight, alpha, spill).
@@ -190,6 +293,7 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
     image, grey = _check_image(image)
     given = _check_alpha(alpha, image)
+    check_memory(image.shape[0], image.shape[-2], image.shape[-1], image.device)
     with torch.no_grad():
         return _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype)
 

@@ -9,16 +9,28 @@ from ..compositing import ANCHORS, composite
 from .common import category, image_to_bchw, mask_to_b1hw, to_image, to_mask
 
 
+def _check_values(t: torch.Tensor, name: str) -> None:
+    """``ValueError`` naming the input for an empty batch or NaN / infinite values (never passed on or written)."""
+    if t.shape[0] == 0 or t.numel() == 0:
+        raise ValueError(f"{name}: empty batch (shape {tuple(t.shape)}); expected at least one image")
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: holds {bad} NaN or infinite value(s); expected finite values in [0, 1]")
+
+
 def split_fg_alpha(fg: torch.Tensor, alpha: torch.Tensor | None, invert: bool = False, fg_name: str = "fg",
                    alpha_name: str = "alpha") -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE (RGB or RGBA) + optional MASK -> fg [B,3,H,W], alpha [B|1,1,H,W] (1 = opaque).
 
     A connected ``alpha`` wins over an RGBA image's own 4th channel; ``invert`` reads a ComfyUI-polarity mask
-    (1 = transparent, as LoadImage gives) as alpha.
+    (1 = transparent, as LoadImage gives) as alpha. An empty batch or a NaN / infinite value in either is a
+    ``ValueError`` naming the input.
     """
     x = image_to_bchw(fg, fg_name)
+    _check_values(x, fg_name)
     if alpha is not None:
         a = mask_to_b1hw(alpha, alpha_name).to(x.device)
+        _check_values(a, alpha_name)
         if invert:
             a = 1 - a
         if a.shape[-2:] != x.shape[-2:]:
@@ -88,6 +100,7 @@ class DiffuMattingAlphaComposite(io.ComfyNode):
                 linear_light=False, light_wrap=0.0, light_wrap_radius=8.0, invert_alpha=False, alpha=None) -> io.NodeOutput:
         fg_t, a = split_fg_alpha(fg, alpha, invert=invert_alpha)
         bg = image_to_bchw(background, "background")[:, :3].to(fg_t.device)
+        _check_values(bg, "background")
         image, cover = composite(fg_t, a, bg, x=x, y=y, scale=scale, anchor=anchor, premultiplied=premultiplied,
                                  linear_light=linear_light, light_wrap_strength=light_wrap,
                                  light_wrap_radius=light_wrap_radius)

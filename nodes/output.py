@@ -31,6 +31,18 @@ def _metadata(cls) -> dict[str, str]:
     return text
 
 
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path``, its symbolic links resolved, lies in the folder ``root`` (links resolved too)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath((real, base)) == base
+
+
+def _check_inside(path: str, output_dir: str, filename_prefix: str) -> None:
+    if not _inside(path, output_dir):
+        raise ValueError(f"filename_prefix: {filename_prefix!r} leads outside the output folder {output_dir} (through "
+                         f"a symbolic link to {os.path.realpath(path)}); saving there is not allowed")
+
+
 def _broadcast(fg: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from ..compositing import broadcast_batch
 
@@ -76,10 +88,16 @@ class DiffuMattingSaveRGBA(io.ComfyNode):
 
         if format not in FORMATS:
             raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
-        colour, a = _broadcast(*split_fg_alpha(fg, alpha))
+        colour, a = _broadcast(*split_fg_alpha(fg, alpha))  # empty batches and NaN refused before any file exists
         h, w = colour.shape[-2:]
         output_dir = folder_paths.get_output_directory()
+        # ComfyUI checks the prefix against the output folder by name only (abspath) and creates missing folders:
+        # resolve symbolic links first, so that no folder or file is made outside it (a link inside it to elsewhere)
+        if isinstance(filename_prefix, str):
+            sub = os.path.dirname(os.path.normpath(filename_prefix))
+            _check_inside(os.path.join(output_dir, sub), output_dir, filename_prefix)
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, w, h)
+        _check_inside(folder, output_dir, filename_prefix)
         text = _metadata(cls)
         if format == "webm":
             file = f"{filename}_{counter:05}_.webm"
@@ -87,6 +105,7 @@ class DiffuMattingSaveRGBA(io.ComfyNode):
             return io.NodeOutput(ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
         if format == "png_sequence":
             seq = f"{filename}_{counter:05}_"
+            _check_inside(os.path.join(folder, seq), output_dir, filename_prefix)
             os.makedirs(os.path.join(folder, seq), exist_ok=True)
             subfolder = os.path.join(subfolder, seq)
             names = [os.path.join(seq, f"frame_{i:05}.png") for i in range(colour.shape[0])]

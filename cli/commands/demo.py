@@ -43,32 +43,51 @@ def _demo_picture():
 
 def run(args) -> int:
     import time
+    import warnings
 
+    from ...common.files import os_error_text, prepare_output_dir
     from ...common.images import load_image, save_png
+    from ...common.keycolour import NoKeyColourWarning
     from ...compositing import alpha_over, checkerboard
     from ...greenpost import green_post
+    from .key import memory_limit
 
+    try:  # the output folder first: nothing is keyed for a folder that cannot be written
+        out_dir = prepare_output_dir(args.out, "-o/--out")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.image:
+        max_pixels, why = memory_limit()
         try:
-            rgb, source = load_image(args.image).rgb, args.image
+            rgb, source = load_image(args.image, max_pixels=max_pixels, limit_reason=why).rgb, args.image
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     else:
         rgb, source = _demo_picture()
     t0 = time.perf_counter()
-    res = green_post(rgb[None], high_quality=args.high_quality)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoKeyColourWarning)  # said once, in the summary line below
+        try:
+            res = green_post(rgb[None], high_quality=args.high_quality)
+        except ValueError as exc:
+            raise CLIError(f"{source}: {exc}") from None
     dt = time.perf_counter() - t0
     fg, alpha = res.fg[0], res.alpha[0]
     board = checkerboard(*fg.shape[-2:], dark=0.55)
     comp = alpha_over(fg[None], alpha[None], board)[0]
-    os.makedirs(args.out, exist_ok=True)
-    rgba_path = os.path.join(args.out, "demo_rgba.png")
-    comp_path = os.path.join(args.out, "demo_composite.png")
-    save_png(rgba_path, fg, alpha)
-    save_png(comp_path, comp)
+    rgba_path = os.path.join(out_dir, "demo_rgba.png")
+    comp_path = os.path.join(out_dir, "demo_composite.png")
+    try:
+        save_png(rgba_path, fg, alpha)
+        save_png(comp_path, comp)
+    except OSError as exc:  # disk full, folder removed meanwhile: nothing partial is left
+        raise CLIError(f"-o/--out: could not write into {out_dir}: {os_error_text(exc)}") from None
     used = res.keys[0]
-    found = f"key colour {used.label}" if used.found else "no key colour found, result opaque"
+    if used.found:
+        found = f"key colour {used.label}"
+    else:  # one clear line instead of the raw Python warnings
+        found = "no green, blue or magenta screen found, so the result is opaque; `key --key-colour` keys any colour"
     print(f"keyed {source} ({fg.shape[-1]}x{fg.shape[-2]}, {found}) in {dt:.2f} s")
-    print(f"wrote {os.path.abspath(rgba_path)} (straight RGBA)")
-    print(f"wrote {os.path.abspath(comp_path)} (composite over a checkerboard)")
+    print(f"wrote {rgba_path} (straight RGBA)")
+    print(f"wrote {comp_path} (composite over a checkerboard)")
     return 0

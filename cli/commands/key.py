@@ -16,7 +16,10 @@ def register(subparsers) -> None:
         "key", help="key green-screen images into RGBA PNGs with straight alpha (GreenPost, no model weights)",
         description="Key images of objects on a green (or any key-colour) canvas with GreenPost and write, per input, "
         "<name>_rgba.png: straight (not premultiplied) RGB + alpha, 1 = opaque. 16-bit inputs give 16-bit outputs. "
-        "An input alpha channel is ignored unless --keep-input-alpha. Files are written atomically.")
+        "An input alpha channel is ignored unless --keep-input-alpha. Inputs that share a name (a.jpg, a.png) get the "
+        "extension in theirs (a_jpg_rgba.png, a_png_rgba.png). 'auto' recognises green, blue and magenta screens; an "
+        "image without one is written opaque with a warning. Files are written atomically; an image larger than the "
+        "free memory allows (about 6 Mpx per GB) is refused with the limit named.")
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--alpha-only", action="store_true", help="write <name>_alpha.png (grey, 1 = opaque) instead")
@@ -33,9 +36,44 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+LOAD_BYTES_PER_PIXEL = 24  # the decoded file and its float32 copy, on top of the keying's own working memory
+
+
+def memory_limit() -> tuple[int | None, str]:
+    """-> (the most pixels one image may have to be loaded and keyed now, the reason for the limit in words)."""
+    from ...greenpost.core import KEYING_BYTES_PER_PIXEL, available_memory
+
+    avail = available_memory("cpu")
+    if avail is None:
+        return None, ""
+    per_px = KEYING_BYTES_PER_PIXEL + LOAD_BYTES_PER_PIXEL
+    return avail // per_px, (f" that {avail / 1e9:.1f} GB of free memory allows for keying (about {per_px} bytes per "
+                             "pixel); downscale or crop it")
+
+
+def output_names(files: list[str], suffix: str) -> list[str]:
+    """Input paths -> one output file name each, ``<stem><suffix>``; inputs whose stems collide (also by case only,
+    for case-insensitive file systems) get their extension in the name, and any name still taken a counter."""
+    from collections import Counter
+
+    stems = [os.path.splitext(os.path.basename(f)) for f in files]
+    counts = Counter(stem.casefold() for stem, _ in stems)
+    names = [f"{stem}_{ext.lstrip('.').lower()}" if counts[stem.casefold()] > 1 and ext else stem for stem, ext in stems]
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        candidate, n = name, 2
+        while candidate.casefold() in taken:
+            candidate, n = f"{name}_{n}", n + 1
+        taken.add(candidate.casefold())
+        out.append(candidate + suffix)
+    return out
+
+
 def run(args) -> int:
     import torch
 
+    from ...common.files import os_error_text, prepare_output_dir
     from ...common.images import load_image, save_png
     from ...common.keycolour import AUTO, NoKeyColourWarning, parse_key_colour, resolve_key_colours
     from ...greenpost import green_post
@@ -44,25 +82,35 @@ def run(args) -> int:
     if not 0.0 <= args.despill <= 1.0:
         raise CLIError(f"--despill: expected a value in [0, 1], got {args.despill}")
     auto = args.key_colour.strip().lower() == AUTO
-    try:  # the key colour once, before any work
+    try:  # the key colour and the output folder once, before any work
         given_key = None if auto else parse_key_colour(args.key_colour, name="--key-colour")
+        out_dir = prepare_output_dir(args.out, "-o/--out")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    os.makedirs(args.out, exist_ok=True)
+    suffix = "_alpha.png" if args.alpha_only else "_rgba.png"
+    names = output_names(files, suffix)
+    plain = [os.path.splitext(os.path.basename(f))[0] + suffix for f in files]
+    if names != plain:
+        print("note: some inputs share a name; their outputs carry the extension: "
+              + ", ".join(f"{os.path.basename(f)} -> {n}" for f, n, p in zip(files, names, plain) if n != p))
+    max_pixels, why = memory_limit()
     shared = None
     if args.share_key and auto:
         frames = []
         for f in files:
             try:
-                frames.append(torch.nn.functional.interpolate(load_image(f).rgb[None], size=(128, 128), mode="area"))
+                frames.append(torch.nn.functional.interpolate(load_image(f, max_pixels=max_pixels).rgb[None],
+                                                              size=(128, 128), mode="area"))
             except ValueError:
                 pass
         if frames:
-            shared = resolve_key_colours(AUTO, torch.cat(frames), share=True)[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoKeyColourWarning)  # said per image below
+                shared = resolve_key_colours(AUTO, torch.cat(frames), share=True)[0]
     failures = 0
-    for path in files:
+    for path, name in zip(files, names):
         try:
-            img = load_image(path)
+            img = load_image(path, max_pixels=max_pixels, limit_reason=why)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
@@ -76,7 +124,7 @@ def run(args) -> int:
                 notes.append("its alpha channel is ignored (use --keep-input-alpha to keep it)")
         if img.source_mode in ("gray", "gray+alpha"):
             notes.append("greyscale: no key colour, result is opaque")
-        key = shared if shared is not None else (given_key or AUTO)
+        key = shared if shared is not None and shared.found else (given_key or AUTO)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoKeyColourWarning)
             try:
@@ -86,17 +134,18 @@ def run(args) -> int:
                 print(f"error: {path}: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-        for w in caught:
-            if issubclass(w.category, NoKeyColourWarning) and img.source_mode not in ("gray", "gray+alpha"):
-                notes.append(str(w.message).split(": ", 1)[-1])
+        if img.source_mode not in ("gray", "gray+alpha"):
+            said = {str(w.message).split(": ", 1)[-1] for w in caught if issubclass(w.category, NoKeyColourWarning)}
+            notes.extend(sorted(n.replace("pass key_colour", "pass --key-colour") for n in said))
         bits = args.bits or img.bit_depth
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if args.alpha_only:
-            out = os.path.join(args.out, f"{stem}_alpha.png")
-            save_png(out, None, res.alpha[0], bits=bits)
-        else:
-            out = os.path.join(args.out, f"{stem}_rgba.png")
-            save_png(out, res.fg[0], res.alpha[0], bits=bits)
+        out = os.path.join(out_dir, name)
+        try:
+            if args.alpha_only:
+                save_png(out, None, res.alpha[0], bits=bits)
+            else:
+                save_png(out, res.fg[0], res.alpha[0], bits=bits)
+        except OSError as exc:  # disk full, folder removed meanwhile: stop, nothing partial is left
+            raise CLIError(f"-o/--out: could not write {out}: {os_error_text(exc)}") from None
         used = res.keys[0]
         line = f"{path} -> {out}  (key {used.label})" if used.found else f"{path} -> {out}  (no key colour found)"
         print(line + "".join(f"\n  warning: {n}" for n in notes))

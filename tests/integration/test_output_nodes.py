@@ -254,3 +254,104 @@ def test_save_matting_dataset_key_input_wins_and_old_widget_values_work(comfy, r
     assert rows["label"]["key_source"] == "preset" and rows["label"]["key_label"] == label
     err = run_prompt(prompt("ds_key", "bad", key_colour="not a colour"), expect_error=True)
     assert "validation_error" in err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# issue #19 N3-N6, S1: NaN and empty batches are refused before anything is composited or written; no file lands
+# outside the output folder through a symbolic link
+
+
+class DMTestBadRGBA:
+    """An IMAGE and a MASK the core nodes cannot make: one NaN in fg / alpha / background, or an empty batch."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["fine", "nan_fg", "nan_alpha", "nan_background", "empty"], {})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, kind):
+        n = 0 if kind == "empty" else 2
+        fg, alpha, bg = torch.rand(n, 48, 64, 3), torch.rand(n, 48, 64), torch.rand(max(n, 1), 48, 64, 3)
+        if kind == "nan_fg":
+            fg[1, 5, 6, 0] = float("nan")
+        elif kind == "nan_alpha":
+            alpha[0, 7, 8] = float("nan")
+        elif kind == "nan_background":
+            bg[0, 9, 10, 2] = float("nan")
+        return fg, alpha, bg
+
+
+@pytest.fixture()
+def bad_rgba(comfy):
+    comfy.nodes.NODE_CLASS_MAPPINGS["DMTestBadRGBA"] = DMTestBadRGBA
+    yield "DMTestBadRGBA"
+    comfy.nodes.NODE_CLASS_MAPPINGS.pop("DMTestBadRGBA", None)
+
+
+def _all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+def _error(run_prompt, prompt) -> str:
+    err = run_prompt(prompt, expect_error=True)["execution_error"]
+    assert err["exception_type"].endswith("ValueError"), err
+    return err["exception_message"]
+
+
+@pytest.mark.parametrize("kind, name", [("nan_fg", "fg"), ("nan_alpha", "alpha"), ("nan_background", "background"),
+                                        ("empty", "fg")])
+def test_alpha_composite_refuses_nan_and_empty_batches(run_prompt, bad_rgba, kind, name):
+    for linear in (False, True):
+        prompt = {"1": {"class_type": bad_rgba, "inputs": {"kind": kind}},
+                  "2": {"class_type": "DiffuMattingAlphaComposite",
+                        "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "background": ["1", 2],
+                                   **{**COMPOSITE, "linear_light": linear}}},
+                  **_capture("3", ["2", 0], "image")}
+        msg = _error(run_prompt, prompt)
+        assert msg.startswith(f"{name}:") and ("NaN" in msg or "empty" in msg), msg
+    prompt["1"]["inputs"]["kind"] = "fine"  # the same graph with clean inputs runs
+    assert run_prompt(prompt)["image"].isfinite().all()
+
+
+@pytest.mark.parametrize("kind, name", [("nan_fg", "fg"), ("nan_alpha", "alpha"), ("empty", "fg")])
+def test_preview_rgba_refuses_nan_and_empty_batches(run_prompt, bad_rgba, kind, name):
+    prompt = {"1": {"class_type": bad_rgba, "inputs": {"kind": kind}},
+              "2": {"class_type": "DiffuMattingPreviewRGBA", "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "square": 8}},
+              **_capture("3", ["2", 0], "image")}
+    assert _error(run_prompt, prompt).startswith(f"{name}:")
+
+
+@pytest.mark.parametrize("fmt", ["png", "png16", "webm", "png_sequence"])
+@pytest.mark.parametrize("kind, name", [("nan_fg", "fg"), ("nan_alpha", "alpha"), ("empty", "fg")])
+def test_save_rgba_refuses_nan_and_empty_batches_before_writing(comfy, run_prompt, bad_rgba, fmt, kind, name):
+    before = _all_files(_output_dir(comfy))
+    prompt = {"1": {"class_type": bad_rgba, "inputs": {"kind": kind}},
+              "2": {"class_type": "DiffuMattingSaveRGBA",
+                    "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "filename_prefix": f"bad_{kind}_{fmt}/x",
+                               "format": fmt, "fps": 24.0, "crf": 30}}}
+    msg = _error(run_prompt, prompt)
+    assert msg.startswith(f"{name}:") and ("NaN" in msg or "empty" in msg), msg
+    assert _all_files(_output_dir(comfy)) == before  # no file, no (empty) folder
+
+
+def test_save_rgba_does_not_follow_a_symlink_out_of_the_output_folder(comfy, run_prompt, tmp_path):
+    outside = tmp_path / "outside_target"
+    outside.mkdir()
+    link = _output_dir(comfy) / "dm_linkdir"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        for prefix in ("dm_linkdir/evil", "dm_linkdir/sub/evil"):
+            prompt = {**_img("1"), "2": {"class_type": "DiffuMattingSaveRGBA",
+                                         "inputs": {"fg": ["1", 0], "alpha": ["1", 1], "filename_prefix": prefix,
+                                                    "format": "png", "fps": 24.0, "crf": 20}}}
+            msg = _error(run_prompt, prompt)
+            assert "filename_prefix" in msg and "outside the output folder" in msg, msg
+        assert list(outside.iterdir()) == []  # neither a file nor the sub-folder was made there
+        prompt["2"]["inputs"]["filename_prefix"] = "dm_inside/ok"  # a plain sub-folder still works
+        run_prompt(prompt)
+        assert list((_output_dir(comfy) / "dm_inside").glob("ok_*.png"))
+    finally:
+        link.unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,9 +78,26 @@ def test_model_folder_respects_user_entry(comfy, tmp_path):
         fp.folder_names_and_paths["diffumatting"] = saved
 
 
+# GreenPost's widgets at their defaults: the end-to-end prompts below key what they decoded with a pack node
+GREENPOST = {"key_colour": "auto", "key_hex": "#00B140", "share_key_across_batch": True, "clip_black": 0.0,
+             "clip_white": 1.0, "despill": 1.0, "preserve_luminance": 0.0, "refine_radius": 4, "high_quality": False}
+
+
+def _check_keyed(out: dict, batch: int, size: int) -> None:
+    """The decoded image went through the pack's GreenPost: straight fg + alpha of the same size, in range; where
+    the keyer found no screen (random weights rarely paint one) the result is the defined opaque one."""
+    image, fg, alpha = out["image"], out["fg"], out["alpha"]
+    assert tuple(image.shape) == (batch, size, size, 3) and tuple(alpha.shape) == (batch, size, size)
+    assert image.isfinite().all() and image.min() >= 0 and image.max() <= 1 and image.std() > 0
+    assert alpha.isfinite().all() and alpha.min() >= 0 and alpha.max() <= 1
+    for i in range(batch):
+        if bool((alpha[i] == 1).all()):
+            assert torch.equal(fg[i], image[i])
+
+
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_end_to_end_tiny(run_prompt, family):
-    """Empty latent -> KSampler -> VAE decode on the tiny models, in-process through PromptExecutor."""
+    """Empty latent -> KSampler -> VAE decode -> GreenPost on the tiny models, in-process through PromptExecutor."""
     prompt = {
         "1": {"class_type": "DMTestTinyModels", "inputs": {"family": family}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple on a green screen", "clip": ["1", 1]}},
@@ -90,11 +108,11 @@ def test_end_to_end_tiny(run_prompt, family):
                                                    "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "DMTestCapture", "inputs": {"value": ["6", 0], "key": "image"}},
+        "8": {"class_type": "DiffuMattingGreenPost", "inputs": {"image": ["6", 0], **GREENPOST}},
+        "9": {"class_type": "DMTestCapture", "inputs": {"value": ["8", 0], "key": "fg"}},
+        "10": {"class_type": "DMTestCapture", "inputs": {"value": ["8", 1], "key": "alpha"}},
     }
-    image = run_prompt(prompt)["image"]
-    assert tuple(image.shape) == (2, 64, 64, 3)
-    assert image.isfinite().all() and image.min() >= 0 and image.max() <= 1
-    assert image.std() > 0
+    _check_keyed(run_prompt(prompt), 2, 64)
 
 
 @pytest.mark.slow
@@ -110,10 +128,11 @@ def test_end_to_end_full_size_sd15(run_prompt, random_sd15_checkpoint):
                                                    "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "DMTestCapture", "inputs": {"value": ["6", 0], "key": "image"}},
+        "8": {"class_type": "DiffuMattingGreenPost", "inputs": {"image": ["6", 0], **GREENPOST}},
+        "9": {"class_type": "DMTestCapture", "inputs": {"value": ["8", 0], "key": "fg"}},
+        "10": {"class_type": "DMTestCapture", "inputs": {"value": ["8", 1], "key": "alpha"}},
     }
-    image = run_prompt(prompt)["image"]
-    assert tuple(image.shape) == (1, 64, 64, 3)
-    assert image.isfinite().all()
+    _check_keyed(run_prompt(prompt), 1, 64)
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])

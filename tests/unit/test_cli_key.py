@@ -121,3 +121,93 @@ def test_demo_asset_is_reproducible():
     stored = load_image(REPO / "assets" / "demo_greenscreen.png").rgb.permute(1, 2, 0).numpy()
     assert img.shape == stored.shape
     assert np.abs(img - stored).max() <= 1 / 255 + 1e-6
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# issue #19 K3-K8
+
+
+def test_key_inputs_sharing_a_name_get_distinct_outputs(tmp_path, capsys):
+    import cv2
+
+    rgb, alpha = _green_picture()
+    folder = tmp_path / "coll"
+    save_png(folder / "a.png", rgb)
+    bgr = (rgb.permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8)
+    cv2.imwrite(str(folder / "a.jpg"), np.ascontiguousarray(bgr))
+    save_png(tmp_path / "other" / "a.png", rgb)  # the same name again, from another folder
+    assert main(["key", str(folder), str(tmp_path / "other" / "a.png"), "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_jpg_rgba.png", "a_png_2_rgba.png",
+                                                                    "a_png_rgba.png"]
+    assert "share a name" in out
+    for name in ("a_jpg_rgba.png", "a_png_rgba.png", "a_png_2_rgba.png"):  # every result kept (JPEG: its artefacts)
+        assert (load_image(tmp_path / "out" / name).alpha - alpha).abs().mean() < 0.01
+
+
+@pytest.mark.parametrize("command", ["key", "demo"])
+def test_unusable_output_folders_are_one_line_errors_before_any_work(tmp_path, capsys, command):
+    rgb, _ = _green_picture()
+    save_png(tmp_path / "good.png", rgb)
+    (tmp_path / "afile").write_text("x")
+    args = [str(tmp_path / "good.png")] if command == "key" else ["--image", str(tmp_path / "good.png")]
+    for out, says in ((tmp_path / "afile", "is a file"), ("/proc/x", "cannot create the folder"),
+                      ("/proc/sys", "cannot write into")):
+        assert main([command, *args, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: -o/--out: ") and says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["key", "demo"])
+def test_a_disk_that_fills_up_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch, command):
+    import errno
+
+    rgb, _ = _green_picture()
+    save_png(tmp_path / "good.png", rgb)
+    real_fsync = os.fsync
+
+    def full(fd):  # what a full disk does to the write of a keyed result
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    args = [str(tmp_path / "good.png")] if command == "key" else ["--image", str(tmp_path / "good.png")]
+    assert main([command, *args, "-o", str(tmp_path / "out")]) == 2
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list((tmp_path / "out").iterdir()) == []  # no partial or temporary file
+
+
+def test_demo_bad_image_is_a_one_line_error(tmp_path, capsys):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "nan.tiff"), np.full((16, 16, 3), np.nan, np.float32))
+    assert main(["demo", "--image", str(tmp_path / "nan.tiff"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and err.count("\n") == 1
+
+
+def test_an_image_too_large_for_the_memory_is_refused_with_the_limit(tmp_path, capsys, monkeypatch):
+    from diffumatting.greenpost import core
+
+    rgb, _ = _green_picture()
+    save_png(tmp_path / "good.png", rgb)
+    monkeypatch.setattr(core, "available_memory", lambda device: 64 * 80 * 100)  # room for under 64x80 px
+    assert main(["key", str(tmp_path / "good.png"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "80x64 px" in err and "over the limit of" in err and "free memory" in err and "bytes per pixel" in err
+    assert main(["demo", "--image", str(tmp_path / "good.png"), "-o", str(tmp_path / "d")]) == 2
+    assert "over the limit of" in capsys.readouterr().err
+
+
+def test_no_key_colour_is_said_once_in_plain_words(tmp_path, capfd):
+    save_png(tmp_path / "noise.png", torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0)))
+    assert main(["demo", "--image", str(tmp_path / "noise.png"), "-o", str(tmp_path / "d")]) == 0
+    out, err = capfd.readouterr()
+    assert "no green, blue or magenta screen found" in out and "key colour #" not in out
+    assert "Warning" not in err and "warnings.warn" not in err
+    assert main(["key", str(tmp_path / "noise.png"), "-o", str(tmp_path / "k")]) == 0
+    out, err = capfd.readouterr()
+    assert "(no key colour found)" in out and out.count("no recognisable key colour") == 1
+    assert "--key-colour" in out and "Warning" not in err
+    assert load_image(tmp_path / "k" / "noise_rgba.png").alpha.min() == 1.0

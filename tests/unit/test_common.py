@@ -92,3 +92,113 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (os.stat(tmp_path / "a.txt").st_mode & 0o777) == 0o644
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# issue #19 K2, K4, K6, K7, N5: EXIF orientation, output folders, NaN, size limits
+
+
+def _exif(orientation: int) -> bytes:
+    """Big-endian TIFF-structured EXIF data holding only IFD0's Orientation tag."""
+    import struct
+
+    return (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(">HHI", 0x0112, 3, 1)
+            + struct.pack(">HH", orientation, 0) + struct.pack(">I", 0))
+
+
+def _jpeg_with_orientation(pixels, orientation: int) -> bytes:
+    import struct
+
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    data, body = buf.tobytes(), b"Exif\x00\x00" + _exif(orientation)
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + data[2:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_image_applies_the_exif_orientation_like_opencv_and_comfyui(tmp_path, orientation):
+    # reference: OpenCV's own IMREAD_COLOR decoding applies the orientation (PIL's exif_transpose, which ComfyUI's
+    # LoadImage uses, gives the same for JPEG); load_image reads with IMREAD_UNCHANGED, which does not
+    import cv2
+    import numpy as np
+
+    from diffumatting.common.images import exif_orientation
+
+    rng = np.random.default_rng(orientation)
+    pixels = (rng.random((6, 10, 3)) * 255).astype(np.uint8).repeat(4, 0).repeat(4, 1)  # 24x40, blocky (JPEG-safe)
+    data = _jpeg_with_orientation(pixels, orientation)
+    (tmp_path / "o.jpg").write_bytes(data)
+    assert exif_orientation(data) == orientation
+    upright = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    got = (load_image(tmp_path / "o.jpg").rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert got.shape == upright.shape == ((24, 40, 3) if orientation <= 4 else (40, 24, 3))
+    assert np.array_equal(got, upright)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_exif_orientation_of_png_webp_and_tiff_matches_pil(tmp_path, fmt):
+    PIL = pytest.importorskip("PIL", reason="Pillow (a test-only reference here) is not installed")
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    rgb = (np.random.default_rng(0).random((24, 40, 3)) * 255).astype(np.uint8)
+    for orientation in (3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.{fmt.lower()}"
+        Image.fromarray(rgb, "RGB").save(path, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+        ref = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        got = (load_image(path).rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert got.shape == ref.shape and np.array_equal(got, ref), (fmt, orientation, PIL.__version__)
+
+
+def test_load_image_refuses_nan_and_images_over_a_pixel_limit(tmp_path):
+    import struct
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    nan = np.full((16, 16, 3), np.nan, np.float32)
+    cv2.imwrite(str(tmp_path / "nan.tiff"), nan)
+    with pytest.raises(ValueError, match="nan.tiff: holds NaN or infinite values"):
+        load_image(tmp_path / "nan.tiff")
+    save_png(tmp_path / "ok.png", torch.rand(3, 20, 30))
+    assert load_image(tmp_path / "ok.png", max_pixels=600).rgb.shape == (3, 20, 30)
+    with pytest.raises(ValueError, match=r"30x20 px \(0\.0 Mpx\) is over the limit of 0\.0 Mpx, because"):
+        load_image(tmp_path / "ok.png", max_pixels=599, limit_reason=", because")
+    # the limit is read from the header, before decoding: a PNG that claims 60000x60000 px and holds no pixels
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    (tmp_path / "huge.png").write_bytes(head)
+    with pytest.raises(ValueError, match=r"60000x60000 px \(3600\.0 Mpx\) is over the limit"):
+        load_image(tmp_path / "huge.png", max_pixels=10**8)
+
+
+def test_png_encoding_refuses_nan_and_empty_images(tmp_path):
+    from diffumatting.common.images import encode_png
+
+    bad = torch.rand(3, 8, 8)
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="rgb: holds NaN"):
+        save_png(tmp_path / "x.png", bad)
+    with pytest.raises(ValueError, match="alpha: holds NaN"):
+        encode_png(torch.rand(3, 8, 8), torch.full((1, 8, 8), float("inf")))
+    with pytest.raises(ValueError, match="rgb: empty"):
+        encode_png(torch.rand(3, 0, 8), None)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_prepare_output_dir_refuses_unusable_folders_up_front(tmp_path):
+    from diffumatting.common.files import prepare_output_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"^-o: .*file is a file; expected a folder"):
+        prepare_output_dir(tmp_path / "file", "-o")
+    with pytest.raises(ValueError, match=r"^-o: cannot create the folder /proc/x"):
+        prepare_output_dir("/proc/x", "-o")
+    with pytest.raises(ValueError, match=r"^-o: cannot write into /proc/sys"):  # a folder nobody can write into
+        prepare_output_dir("/proc/sys", "-o")
+    made = prepare_output_dir(tmp_path / "a" / "b", "-o")
+    assert os.path.isdir(made) and os.listdir(made) == []  # created, and the write probe left nothing

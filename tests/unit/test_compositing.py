@@ -160,3 +160,28 @@ def test_dtype_and_half_input():
     fg, a, bg = torch.rand(1, 3, 4, 4).half(), torch.rand(1, 1, 4, 4).half(), torch.rand(1, 3, 4, 4).half()
     out = alpha_over(fg, a, bg)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("bad", ["fg", "alpha", "background"])
+def test_nan_or_empty_inputs_are_refused_naming_the_input(bad):
+    # issue #19 N3: a NaN used to pass through to the output
+    def inputs():
+        return {"fg": torch.rand(1, 3, 8, 8), "alpha": torch.rand(1, 1, 8, 8), "background": torch.rand(1, 3, 8, 8)}
+
+    t = inputs()
+    t[bad][0, 0, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{bad}: holds 1 NaN or infinite"):
+        alpha_over(t["fg"], t["alpha"], t["background"])
+    with pytest.raises(ValueError, match=rf"^{bad}: holds 1 NaN or infinite"):
+        composite(t["fg"], t["alpha"], t["background"], linear_light=True)
+    t = inputs()
+    t[bad] = t[bad][:0]
+    with pytest.raises(ValueError, match=rf"^{bad}: empty"):
+        alpha_over(t["fg"], t["alpha"], t["background"])
+
+
+def test_light_wrap_radius_must_be_a_bounded_number():
+    img, a = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    for radius in (float("nan"), 0.0, 1e6):
+        with pytest.raises(ValueError, match=r"light_wrap radius: expected a number of pixels in \(0, 256\]"):
+            light_wrap(img, a, img, strength=0.5, radius=radius)

@@ -119,9 +119,88 @@ def test_cli_runs_from_any_folder():
     assert result.stdout.startswith("diffumatting ")
 
 
-@pytest.mark.parametrize("name", ["pyproject.toml", "requirements.txt", "LICENSE", "README.md", ".ci/run"])
-def test_project_files_exist(name):
-    assert (REPO_ROOT / name).is_file()
+# Import name -> the distribution that provides it (what requirements.txt must list). torch comes with ComfyUI.
+DISTRIBUTIONS = {"numpy": "numpy", "safetensors": "safetensors", "kornia": "kornia", "cv2": "opencv-python-headless",
+                 "av": "av", "tqdm": "tqdm", "PIL": "pillow", "scipy": "scipy", "yaml": "pyyaml"}
+PROVIDED = {"torch"} | COMFY_MODULES | {"utils"}  # ComfyUI brings torch; `utils` is ComfyUI's own top-level package
+RUNTIME_SKIP = {"tests", "bench", ".venv", "assets", "workflows", "docs", "build"}
+
+
+def _runtime_files():
+    for path in sorted(REPO_ROOT.rglob("*.py")):
+        rel = path.relative_to(REPO_ROOT)
+        if rel.parts[0] not in RUNTIME_SKIP and "site-packages" not in rel.parts:
+            yield rel, path
+
+
+def test_requirements_list_every_third_party_runtime_import():
+    """What `pip install` of the pack (requirements.txt = the wheel's Requires-Dist, tests/unit/test_packaging.py)
+    brings is enough for every module ComfyUI or the CLI imports: no third-party import is left out."""
+    listed = {re.split(r"[<>=!~ ]", line.strip(), maxsplit=1)[0].lower()
+              for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.lstrip().startswith("#")}
+    missing = []
+    for rel, path in _runtime_files():
+        for name in sorted(_imports(path) - set(sys.stdlib_module_names) - PROVIDED - set(CORE_PACKAGES) - {"diffumatting"}):
+            dist = DISTRIBUTIONS.get(name)
+            if dist is None or dist not in listed:
+                missing.append(f"{rel} imports {name} ({dist or 'unknown distribution: add it to DISTRIBUTIONS'})")
+    assert not missing, "\n".join(missing)
+
+
+# The allowed import map between the pack's packages (relative imports; "." = the pack root: __init__ / PACK_DIR).
+# Core packages never import nodes/ or cli/; common/ imports no other pack package.
+ALLOWED_IMPORTS = {
+    "common": set(),
+    "greenpost": {"common"},
+    "compositing": {"common"},
+    "synthetic": {"common"},
+    "dataset": {"common"},
+    "green_control": {"common"},
+    "matting_head": {"common", "greenpost"},  # its greenpost prior
+    "trainer": {"common", "greenpost", "green_control", "matting_head", "compositing", "synthetic", "dataset",
+                "comfy_bootstrap"},
+    "nodes": {"common", "greenpost", "green_control", "matting_head", "compositing", "synthetic", "dataset", "."},
+    "cli": {"common", "greenpost", "green_control", "matting_head", "compositing", "synthetic", "dataset", "trainer",
+            "comfy_bootstrap", "."},
+}
+
+
+def _pack_imports(rel: Path, path: Path) -> set[str]:
+    """-> the top-level pack packages (or "." for the root module) that ``path``'s relative imports reach."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+            continue
+        base = list(rel.parts[:-1])
+        base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+        parts = base + (node.module.split(".") if node.module else [])
+        if not parts:  # `from .. import x` at the root: a name of the root package (or a package named x)
+            out.update(a.name if (REPO_ROOT / a.name).is_dir() or (REPO_ROOT / f"{a.name}.py").is_file() else "."
+                       for a in node.names)
+        else:
+            out.add(parts[0] if (REPO_ROOT / parts[0]).is_dir() or (REPO_ROOT / f"{parts[0]}.py").is_file() else ".")
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
+def test_packages_import_only_what_the_layering_allows(package):
+    offenders = []
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        rel = path.relative_to(REPO_ROOT)
+        bad = _pack_imports(rel, path) - ALLOWED_IMPORTS[package] - {package}
+        if bad:
+            offenders.append(f"{rel} imports {sorted(bad)} (allowed: {sorted(ALLOWED_IMPORTS[package])})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_layering_check_sees_relative_imports(tmp_path):
+    """The checker itself catches a core module reaching into nodes/ or cli/ (so the test above can fail)."""
+    probe = tmp_path / "x.py"
+    probe.write_text("from ..nodes.common import to_image\nfrom ..cli import CLIError\nfrom .band import box\n"
+                     "from ...x import y\nimport os\n")
+    assert _pack_imports(Path("greenpost/x.py"), probe) == {"nodes", "cli", "greenpost", "."}
+    assert _pack_imports(Path("greenpost/core.py"), REPO_ROOT / "greenpost" / "core.py") == {"common", "greenpost"}
 
 
 def test_requirements_never_pin_torch():

@@ -70,3 +70,17 @@ def test_webm_bad_input(tmp_path):
     with pytest.raises(ValueError, match="fps"):
         write_webm_rgba(tmp_path / "a.webm", fg, alpha, fps=0)
     assert not list(tmp_path.iterdir())
+
+
+def test_webm_refuses_an_empty_batch_and_nan_before_writing(tmp_path):
+    # issue #19 N5, N6: a 0-byte .webm and NaN frames used to be written as success
+    fg, alpha = _rgba(n=2)
+    with pytest.raises(ValueError, match="fg: empty batch"):
+        write_webm_rgba(tmp_path / "e.webm", fg[:0], alpha[:0])
+    bad = fg.clone()
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="fg: holds NaN"):
+        write_webm_rgba(tmp_path / "n.webm", bad, alpha)
+    with pytest.raises(ValueError, match="alpha: holds NaN"):
+        encode_rgba_png(fg[0], torch.full_like(alpha[0], float("nan")))
+    assert not list(tmp_path.iterdir())
