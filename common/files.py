@@ -45,6 +45,18 @@ def _current_umask() -> int:
 _UMASK: int | None = None
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op off POSIX (Windows cannot open folders for
+    fsync; NTFS journals the rename)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     with atomic_path(path) as tmp:

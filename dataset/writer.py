@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..common.files import atomic_write_text
+from ..common.files import atomic_write_text, fsync_dir
 from ..common.images import save_png
 from ..common.keycolour import KeyColour, parse_key_colour
 from .lock import LOCK_NAME, DatasetLockedError, FolderLock
@@ -106,16 +106,6 @@ def _append_row(path: str, row: dict) -> None:
             except OSError:
                 pass  # then it is the torn last line the next open repairs
             raise
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -432,7 +422,7 @@ class MattingDatasetWriter:
             for key, rel in files.items():
                 os.replace(staged[key], os.path.join(self.root, rel))
             for folder in {os.path.dirname(rel) for rel in files.values()}:
-                _fsync_dir(os.path.join(self.root, folder))
+                fsync_dir(os.path.join(self.root, folder))
             _append_row(os.path.join(self.root, METADATA), row)
             committed = True
             os.remove(os.path.join(pending_dir, f"{name}.json"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.files import atomic_path
+from ..common.files import atomic_path, fsync_dir
 
 FORMAT = "diffumatting.train_checkpoint"
 VERSION = 2
@@ -129,16 +129,6 @@ def restore(state: dict, model: torch.nn.Module | None = None, optimizer=None, s
 
 # ---- files
 
-def _fsync_dir(folder: str) -> None:
-    if os.name == "nt":  # folders cannot be opened for fsync on Windows; NTFS journals the rename
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_bytes_durably(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync of the folder.
     OSError (disk full, read-only) leaves ``path`` as it was and no temporary file."""
@@ -148,7 +138,7 @@ def write_bytes_durably(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def save(path: str | os.PathLike, state: dict, kind: str) -> Path:
