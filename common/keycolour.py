@@ -24,8 +24,8 @@ from .keypresets import AUTO, KEY_PRESETS, PRESET_ALIASES, PRESET_HELP, PRESET_L
 
 __all__ = ["KeyColour", "KEY_PRESETS", "PRESET_ALIASES", "PRESET_LABELS", "PRESET_HELP", "AUTO",
            "NoKeyColourWarning", "parse_key_colour", "estimate_key_colours", "estimate_key_colours_from_pixels",
-           "resolve_key_colours", "key_rgb", "key_channels", "key_difference", "key_dominance", "colour_word",
-           "colour_to_hex", "DEFAULT_KEY", "MIN_KEY_DOMINANCE"]
+           "resolve_key_colours", "expand_key_colours", "key_rgb", "key_channels", "key_difference", "key_dominance",
+           "colour_word", "colour_to_hex", "DEFAULT_KEY", "MIN_KEY_DOMINANCE"]
 
 DEFAULT_KEY = (40 / 255.0, 180 / 255.0, 70 / 255.0)  # the typical chroma green of a lit screen / a generator canvas
 MIN_KEY_DOMINANCE = 0.1  # a key colour whose difference measure is below this is not a usable key
@@ -216,23 +216,27 @@ def key_dominance(key: torch.Tensor) -> torch.Tensor:
     return key_difference(key, key_channels(key))[:, 0]
 
 
-def key_rgb(keys, batch: int, device=None, name: str = "key_colour") -> torch.Tensor:
-    """KeyColour, a list of 1 or ``batch`` of them, a ``[3]``/``[1,3]``/``[batch,3]`` tensor in [0,1] or anything
-    :func:`parse_key_colour` reads -> ``[batch,3]`` float32 in [0,1] on ``device`` (no image: "auto" is refused)."""
-    if isinstance(keys, torch.Tensor) and keys.ndim == 2:
-        if keys.shape not in ((batch, 3), (1, 3)):
-            raise ValueError(f"{name}: expected [3] or [B,3] with B={batch}, got {tuple(keys.shape)}")
-        if not torch.isfinite(keys).all() or keys.min() < 0 or keys.max() > 1:
+def expand_key_colours(value, batch: int, name: str = "key_colour") -> list[KeyColour]:
+    """A KeyColour, a list of 1 or ``batch`` of them, a ``[1,3]``/``[batch,3]`` tensor in [0,1] or anything
+    :func:`parse_key_colour` reads -> ``batch`` KeyColours ("auto" is refused: it needs an image)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 2:
+        if value.shape not in ((batch, 3), (1, 3)):
+            raise ValueError(f"{name}: expected [3] or [B,3] with B={batch}, got {tuple(value.shape)}")
+        if not torch.isfinite(value).all() or value.min() < 0 or value.max() > 1:
             raise ValueError(f"{name}: tensor values must be finite and in [0, 1]")
-        return keys.to(device=device, dtype=torch.float32).expand(batch, 3).contiguous()
-    if isinstance(keys, (list, tuple)) and keys and all(isinstance(k, KeyColour) for k in keys):
-        keys = list(keys)
+        keys = [KeyColour(tuple(row), "rgb") for row in value.float().tolist()]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(k, KeyColour) for k in value):
+        keys = list(value)
     else:
-        keys = [parse_key_colour(keys, name)]
+        keys = [parse_key_colour(value, name)]
     if len(keys) not in (1, batch):
         raise ValueError(f"{name}: expected 1 or {batch} key colours for a batch of {batch}, got {len(keys)}")
-    rgb = torch.tensor([k.rgb for k in keys], dtype=torch.float32, device=device)
-    return rgb.expand(batch, 3).contiguous()
+    return keys * batch if len(keys) == 1 else keys
+
+
+def key_rgb(keys, batch: int, device=None, name: str = "key_colour") -> torch.Tensor:
+    """Anything :func:`expand_key_colours` reads -> ``[batch,3]`` float32 in [0,1] on ``device``."""
+    return torch.tensor([k.rgb for k in expand_key_colours(keys, batch, name)], dtype=torch.float32, device=device)
 
 
 # ------------------------------------------------------------------------------------------------ estimation
@@ -354,18 +358,8 @@ def resolve_key_colours(value, image: torch.Tensor, share: bool = False, name: s
             if found:
                 rgb = torch.tensor([k.rgb for k in found]).median(dim=0).values
                 keys = [KeyColour(tuple(rgb.tolist()), "estimated")] * b
-    elif isinstance(value, torch.Tensor) and value.ndim == 2:
-        if value.shape not in ((b, 3), (1, 3)):
-            raise ValueError(f"{name}: expected [3] or [B,3] with B={b}, got {tuple(value.shape)}")
-        if not torch.isfinite(value).all() or value.min() < 0 or value.max() > 1:
-            raise ValueError(f"{name}: tensor values must be finite and in [0, 1]")
-        keys = [KeyColour(tuple(row), "rgb") for row in value.float().expand(b, 3).tolist()]
-    elif isinstance(value, (list, tuple)) and value and all(isinstance(k, KeyColour) for k in value):
-        if len(value) not in (1, b):
-            raise ValueError(f"{name}: expected 1 or {b} key colours for a batch of {b}, got {len(value)}")
-        keys = list(value) * (b if len(value) == 1 else 1)
     else:
-        keys = [parse_key_colour(value, name)] * b
+        keys = expand_key_colours(value, b, name)
     weak = [k for k in keys if k.found and not k.usable]
     if weak:
         warnings.warn(f"{name}: {weak[0].hex} is too close to grey to key against; the result is all opaque",

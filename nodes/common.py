@@ -61,14 +61,12 @@ def widget_key(value: str, hex_value: str | None = None, name: str = "key_colour
 
 def socket_keys(value, batch: int, name: str = "key") -> list:
     """What came in on a key-colour socket -> ``batch`` KeyColours (one for all images, or one per image)."""
-    from ..common.keycolour import KeyColour
+    from ..common.keycolour import KeyColour, expand_key_colours
 
     keys = [value] if isinstance(value, KeyColour) else list(value) if isinstance(value, (list, tuple)) else None
     if not keys or not all(isinstance(k, KeyColour) for k in keys):
         raise ValueError(f"{name}: expected a key colour (DIFFUMATTING_KEY_COLOUR), got {type(value).__name__}")
-    if len(keys) not in (1, batch):
-        raise ValueError(f"{name}: {len(keys)} key colours for a batch of {batch} images (expected 1 or {batch})")
-    return keys * batch if len(keys) == 1 else keys
+    return expand_key_colours(keys, batch, name)
 
 
 def key_socket_input(tooltip: str):
