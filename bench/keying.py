@@ -5,6 +5,8 @@
     .venv/bin/python bench/keying.py --variant real --methods greenpost,baseline --per-subject
     .venv/bin/python bench/keying.py --frame-4k           # also key one 3840x2160 frame (memory / time check)
     .venv/bin/python bench/keying.py --user-path [--comfyui PATH]   # as users run it: cold, default threads, CLI, node
+    .venv/bin/python bench/keying.py --methods greenpost,baseline,learned --keyer f0.safetensors,...,f4.safetensors
+                                                          # the learned keyer cross-validated (train-head --fold I/5)
 
 Each subject (``<dir>/<name>/alpha.png`` + ``image.png`` or ``fg.png`` as the foreground colour) is composited in
 sRGB, ``I = a F + (1 - a) B``, over a synthetic screen in two variants, seeded from the subject's name:
@@ -14,7 +16,8 @@ sRGB, ``I = a F + (1 - a) B``, over a synthetic screen in two variants, seeded f
   JPEG quality 90.
 Methods: ``greenpost`` (default mode), ``greenpost_hq`` (high-quality switch), ``baseline`` (plain colour
 difference ``G - max(R, B)`` against the estimated screen colour, unmixing and despill, black/white points tuned
-per variant on a grid), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
+per variant on a grid), ``learned`` (GreenPost refined by an image-only keyer, ``matting_head.refine``; each subject by
+the first ``--keyer`` file that did not train on it, default the shipped one), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
 by multi-level estimation). Metrics (bench/metrics.py): SAD, MSE, Grad, Conn on alpha and the premultiplied
 foreground MSE, whole image. Time: median seconds per megapixel of the keyer call on the first 5 subjects, all
 methods single-threaded (``--threads``) in the same run, interleaved (each repeat runs every method on every subject
@@ -164,14 +167,51 @@ def greenpost_keyer(img: np.ndarray, high_quality: bool = False, **options) -> t
     return res.alpha[0, 0].numpy(), res.fg[0].permute(1, 2, 0).numpy()
 
 
-def make_methods(names: list[str], variant: str, baseline_params: dict) -> dict:
+class HeldOutKeyers:
+    """Keyer files -> for each subject the first keyer whose training subjects (its metadata) do not include it:
+    the cross-validated learned mode (one file per fold), or the shipped keyer on mattes it never saw."""
+
+    def __init__(self, paths: list[str]):
+        from diffumatting.matting_head.refine import load_keyer
+        from diffumatting.matting_head.weights import load_head
+
+        self.keyers = []
+        for p in paths:
+            load_keyer(p)  # refuses a decoder head
+            _, info = load_head(p)
+            self.keyers.append((p, set((info.get("training") or {}).get("subjects") or [])))
+
+    def for_subject(self, name: str):
+        from diffumatting.matting_head.refine import load_keyer
+
+        for path, seen in self.keyers:
+            if name not in seen:
+                return load_keyer(path)
+        raise SystemExit(f"learned: every --keyer file was trained on {name}; give one that held it out "
+                         "(train-head --fold I/K)")
+
+
+def learned_keyer(img: np.ndarray, keyers: HeldOutKeyers, name: str | None) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from diffumatting.matting_head.refine import learned_green_post
+
+    head = keyers.for_subject(name or "")
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    res = learned_green_post(t, head)
+    return res.alpha[0, 0].numpy(), res.fg[0].permute(1, 2, 0).numpy()
+
+
+def make_methods(names: list[str], variant: str, baseline_params: dict, keyers: HeldOutKeyers | None = None) -> dict:
     bp = baseline_params[variant]
     table = {
-        "greenpost": lambda im: greenpost_keyer(im),
-        "greenpost_hq": lambda im: greenpost_keyer(im, high_quality=True),
-        "baseline": lambda im: baseline_keyer(im, **bp),
-        "pymatting": lambda im: pymatting_keyer(im, **bp),
+        "greenpost": lambda im, name=None: greenpost_keyer(im),
+        "greenpost_hq": lambda im, name=None: greenpost_keyer(im, high_quality=True),
+        "baseline": lambda im, name=None: baseline_keyer(im, **bp),
+        "pymatting": lambda im, name=None: pymatting_keyer(im, **bp),
     }
+    if keyers is not None:
+        table["learned"] = lambda im, name=None: learned_keyer(im, keyers, name)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(table)}")
@@ -190,19 +230,20 @@ def tune_baseline(subjects, shots) -> dict:
     return {"black": best[1], "white": best[2]}
 
 
-def run_variant(subjects, variant: str, names: list[str], baseline_params: dict, repeats: int, per_subject: bool):
+def run_variant(subjects, variant: str, names: list[str], baseline_params: dict, repeats: int, per_subject: bool,
+                keyers=None):
     shots = [synth_shot(n, fg, a, variant) for n, fg, a in subjects]
     if "tune" in baseline_params:
         baseline_params = dict(baseline_params)
         baseline_params[variant] = tune_baseline(subjects, shots)
         print(f"[{variant}] baseline tuned: {baseline_params[variant]}", flush=True)
-    methods = make_methods(names, variant, baseline_params)
+    methods = make_methods(names, variant, baseline_params, keyers)
     results = {}
     for mname, fn in methods.items():  # quality: one run per subject
-        fn(shots[0][:128, :128].copy())  # warm-up: imports, JIT
+        fn(shots[0][:128, :128].copy(), subjects[0][0])  # warm-up: imports, JIT
         rows = []
         for (sname, fg, gt), img in zip(subjects, shots):
-            alpha, pred_fg = fn(img)
+            alpha, pred_fg = fn(img, sname)
             if not (np.isfinite(alpha).all() and np.isfinite(pred_fg).all()):
                 raise SystemExit(f"{mname} returned NaN/inf on {sname}")
             rows.append(dict(subject=sname, **metrics.all_metrics(np.clip(alpha, 0, 1), gt, np.clip(pred_fg, 0, 1), fg)))
@@ -214,12 +255,12 @@ def run_variant(subjects, variant: str, names: list[str], baseline_params: dict,
     times = {m: [] for m in methods}
     order = list(methods)
     for r in range(repeats):
-        for k, ((_, _, gt), img) in enumerate(list(zip(subjects, shots))[:5]):
+        for k, ((sname, _, gt), img) in enumerate(list(zip(subjects, shots))[:5]):
             mp = gt.size / 1e6
             rot = (r + k) % len(order)
             for mname in order[rot:] + order[:rot]:
                 t0 = time.perf_counter()
-                methods[mname](img)
+                methods[mname](img, sname)
                 times[mname].append((time.perf_counter() - t0) / mp)
     for mname in methods:
         results[mname]["sec_per_mp"] = statistics.median(times[mname])
@@ -281,6 +322,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DIFFUMATTING_MATTES", DEFAULT_DATA)))
     ap.add_argument("--variant", choices=["clean", "real", "both"], default="both")
     ap.add_argument("--methods", default="greenpost,greenpost_hq,baseline,pymatting")
+    ap.add_argument("--keyer", default="",
+                    help="method 'learned': comma-separated image-only keyer files (train-head --image-only); each "
+                    "subject is keyed by the first one that did not train on it (one file per --fold: cross-"
+                    "validation; the shipped weights/diffumatting_keyer.safetensors on unseen mattes)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N subjects")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs on each of the first 5 subjects")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (numpy baselines are single-threaded)")
@@ -316,6 +361,10 @@ def main(argv=None) -> int:
 
         return keying_userpath.run(subjects, args)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    keyers = None
+    if "learned" in names:
+        paths = [p for p in args.keyer.split(",") if p] or [str(REPO / "weights" / "diffumatting_keyer.safetensors")]
+        keyers = HeldOutKeyers(paths)
     bp = dict(BASELINE_PARAMS)
     if args.tune_baseline:
         bp["tune"] = True
@@ -328,7 +377,7 @@ def main(argv=None) -> int:
     for group in (fast, slow):
         for v in variants:
             if group:
-                results[v].update(run_variant(subjects, v, group, bp, args.repeats, args.per_subject))
+                results[v].update(run_variant(subjects, v, group, bp, args.repeats, args.per_subject, keyers))
     for v in variants:
         tables.append(format_table(v, {n: results[v][n] for n in names}, args.per_subject))
     print()

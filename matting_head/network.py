@@ -1,4 +1,8 @@
-"""The matting head: a small network on a frozen VAE decoder's features that predicts matting-level alpha.
+"""The matting head: one network family that predicts matting-level alpha from a key-colour image, in two modes.
+
+- ``inputs="taps"`` (the paper's head): features of a frozen VAE decoder at strides 8, 4, 2, 1 + the decoded RGB.
+- ``inputs="image"`` (the learned keyer): the same trunk, its four feature maps made by a small learned encoder of
+  the image itself (RGB, RGB minus the key colour, the prior alpha): no decoder needed, so it keys any image.
 
 Inputs are the decoder's feature taps at strides 8, 4, 2 and 1 (coarse to fine), the decoded RGB and a
 colour-difference key alpha of the decoded image. Each tap first goes through a 1x1 "lateral" projection (the
@@ -29,7 +33,17 @@ DEFAULT_CONFIG = {
     "width_1": 16,
     "predict_fg": True,
     "prior": "colour_difference",  # the key alpha the head corrects: "colour_difference" or "greenpost" (keyer.py)
+    "inputs": "taps",  # "taps" (decoder features) or "image" (the image-only keyer: a learned encoder instead)
 }
+INPUTS = ("taps", "image")
+# The image-only keyer's default size (about 7.5 k multiply-adds per pixel; its alpha goes to GreenPost's unmixing,
+# so it predicts no colour). Small enough for about 1 s per megapixel on two CPU cores.
+IMAGE_CONFIG = {
+    "inputs": "image", "prior": "greenpost", "predict_fg": False,
+    "lateral": [32, 16, 12, 8], "width_8": 48, "width_16": 64, "width_32": 96,
+    "blocks_8": 1, "blocks_16": 2, "blocks_32": 1, "width_4": 16, "width_2": 12, "width_1": 8,
+}
+IMAGE_INPUT_CHANNELS = 7  # rgb, rgb - key, prior alpha
 STRIDES = (8, 4, 2, 1)
 LOGIT_CLAMP = 6.0
 INFER_STRIP = 128  # rows per strip of the full-resolution stage at inference (bounds its activations' memory)
@@ -47,26 +61,59 @@ class ResBlock(nn.Module):
         return F.relu(x + self.c2(F.relu(self.c1(x))))
 
 
+class ImageEncoder(nn.Module):
+    """x [B,7,H,W] (rgb, rgb - key, prior alpha) -> 4 feature maps at strides 8, 4, 2, 1 with ``widths`` channels
+    (the image-only mode's stand-in for decoder taps, already at the lateral widths)."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        w8, w4, w2, w1 = widths
+        self.e1 = nn.Conv2d(IMAGE_INPUT_CHANNELS, w1, 3, padding=1)
+        self.e2 = nn.Sequential(nn.Conv2d(w1, w2, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(w2, w2, 3, padding=1))
+        self.e4 = nn.Sequential(nn.Conv2d(w2, w4, 3, stride=2, padding=1), nn.ReLU(), ResBlock(w4))
+        self.e8 = nn.Sequential(nn.Conv2d(w4, w8, 3, stride=2, padding=1), nn.ReLU(), ResBlock(w8))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = F.relu(self.e1(x))
+        f2 = F.relu(self.e2(f1))
+        f4 = self.e4(f2)
+        f8 = self.e8(f4)
+        return [f8, f4, f2, f1]
+
+
 def _up(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class MattingHead(nn.Module):
-    """Matting head for a decoder whose taps have ``tap_channels`` channels at strides 8, 4, 2, 1."""
+    """Matting head: for a decoder whose taps have ``tap_channels`` channels at strides 8, 4, 2, 1, or, with
+    ``config["inputs"] == "image"`` (``tap_channels`` empty), the image-only keyer."""
 
-    def __init__(self, tap_channels: list[int], config: dict | None = None):
+    def __init__(self, tap_channels: list[int] | None, config: dict | None = None):
         super().__init__()
         cfg = dict(DEFAULT_CONFIG)
         cfg.update(config or {})
         if cfg["prior"] not in PRIORS:
             raise ValueError(f"config prior: expected one of {', '.join(PRIORS)}, got {cfg['prior']!r} (a head file "
                              "from a newer pack?)")
-        if len(tap_channels) != 4 or len(cfg["lateral"]) != 4:
+        if cfg["inputs"] not in INPUTS:
+            raise ValueError(f"config inputs: expected one of {', '.join(INPUTS)}, got {cfg['inputs']!r} (a head file "
+                             "from a newer pack?)")
+        tap_channels = list(tap_channels or [])
+        if len(cfg["lateral"]) != 4:
+            raise ValueError(f"config lateral: expected 4 widths (strides 8, 4, 2, 1), got {cfg['lateral']}")
+        if cfg["inputs"] == "image":
+            if tap_channels:
+                raise ValueError(f"tap_channels: an image-only head takes no decoder taps, got {tap_channels}")
+        elif len(tap_channels) != 4:
             raise ValueError(f"tap_channels: expected 4 taps (strides 8, 4, 2, 1), got {tap_channels}")
         self.tap_channels = [int(c) for c in tap_channels]
         self.config = cfg
         lat = cfg["lateral"]
-        self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(self.tap_channels, lat))
+        if cfg["inputs"] == "image":
+            self.encoder = ImageEncoder(lat)
+        else:
+            self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(self.tap_channels, lat))
         w8, w16, w4, w2, w1 = cfg["width_8"], cfg["width_16"], cfg["width_4"], cfg["width_2"], cfg["width_1"]
         self.stem8 = nn.Conv2d(lat[0] + 4, w8, 3, padding=1)
         self.blocks8 = nn.Sequential(*[ResBlock(w8) for _ in range(cfg["blocks_8"])])
@@ -133,21 +180,37 @@ class MattingHead(nn.Module):
     def predicts_fg(self) -> bool:
         return bool(self.config["predict_fg"])
 
+    @property
+    def image_only(self) -> bool:
+        """True for the learned keyer (no decoder taps; ``forward(None, rgb, prior, key=...)``)."""
+        return self.config["inputs"] == "image"
+
+    def encode_image(self, rgb: torch.Tensor, key_alpha: torch.Tensor, key: torch.Tensor) -> list[torch.Tensor]:
+        """rgb [B,3,H,W] in [0,1], key_alpha [B,1,H,W], key [B,3] in [0,1] -> the image-only mode's 4 feature maps."""
+        k = key.to(rgb).reshape(-1, 3, 1, 1)
+        return self.encoder(torch.cat([rgb, rgb - k, key_alpha], 1))
+
     def project(self, index: int, feature: torch.Tensor) -> torch.Tensor:
         """Tap ``index`` (0 = stride 8 ... 3 = stride 1): [B,C_i,h,w] -> [B,lateral_i,h,w] in the head's dtype."""
         w = self.lateral[index].weight
         return self.lateral[index](feature.to(device=w.device, dtype=w.dtype))
 
-    def forward(self, taps: list[torch.Tensor], rgb: torch.Tensor, key_alpha: torch.Tensor,
-                projected: bool = False) -> dict[str, torch.Tensor]:
-        """taps: 4 x [B,C_i,H/s,W/s] (s = 8,4,2,1), rgb [B,3,H,W] in [0,1], key_alpha [B,1,H,W] in [0,1]
+    def forward(self, taps: list[torch.Tensor] | None, rgb: torch.Tensor, key_alpha: torch.Tensor,
+                projected: bool = False, key: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """taps: 4 x [B,C_i,H/s,W/s] (s = 8,4,2,1) or None (image-only mode, which needs ``key`` [B,3] in [0,1]),
+        rgb [B,3,H,W] in [0,1], key_alpha [B,1,H,W] in [0,1]
         -> {"alpha": [B,1,H,W] in [0,1], "fg": [B,3,H,W] in [0,1] (when predict_fg), "logits": [B,1,H,W]}."""
-        if len(taps) != 4:
-            raise ValueError(f"taps: expected 4 feature maps (strides 8, 4, 2, 1), got {len(taps)}")
         dtype = self.stem8.weight.dtype
         rgb = rgb.to(dtype)
         key_alpha = key_alpha.to(dtype)
-        f = taps if projected else [self.project(i, t) for i, t in enumerate(taps)]
+        if self.image_only:
+            if key is None:
+                raise ValueError("key: the image-only head needs the key colour [B,3] the prior was keyed against")
+            f = self.encode_image(rgb, key_alpha, key)
+        elif taps is None or len(taps) != 4:
+            raise ValueError(f"taps: expected 4 feature maps (strides 8, 4, 2, 1), got {0 if taps is None else len(taps)}")
+        else:
+            f = taps if projected else [self.project(i, t) for i, t in enumerate(taps)]
         f = [t.to(dtype) for t in f]
         del taps  # with projected taps passed inline, the full-resolution one is freed once used (inference)
         H, W = rgb.shape[-2:]

@@ -13,7 +13,11 @@ import torch
 
 from ..common.files import atomic_write_bytes
 from .keyer import PRIORS
-from .network import DEFAULT_CONFIG, MattingHead
+from .network import DEFAULT_CONFIG, INPUTS, MattingHead
+
+# What an image-only head (the learned keyer) records in place of a decoder.
+IMAGE_ONLY_DECODER = {"family": "none", "name": "image-only", "latent_channels": 0, "taps": [], "tap_channels": [],
+                      "fingerprint": ""}
 
 FORMAT = "diffumatting.matting_head"
 VERSION = 1
@@ -95,6 +99,9 @@ def check_config(config, source: str = "head") -> dict:
     if cfg["prior"] not in PRIORS:
         raise ValueError(f"{source}: metadata config field 'prior' must be one of {', '.join(PRIORS)}, got "
                          f"{cfg['prior']!r} (a head file from a newer pack?)")
+    if cfg["inputs"] not in INPUTS:
+        raise ValueError(f"{source}: metadata config field 'inputs' must be one of {', '.join(INPUTS)}, got "
+                         f"{cfg['inputs']!r} (a head file from a newer pack?)")
     return cfg
 
 
@@ -116,6 +123,14 @@ def parse_metadata(meta: dict[str, str] | None, source: str = "head") -> dict:
             out[k] = json.loads(meta[k]) if k in meta else ({} if k in ("config", "training") else None)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{source}: metadata field {k!r} is not valid JSON ({exc})") from exc
+    out["config"] = check_config(out["config"], source)
+    out["version"] = version
+    if out["config"]["inputs"] == "image":  # the learned keyer: no decoder
+        if out.get("taps") or out.get("tap_channels"):
+            raise ValueError(f"{source}: an image-only head's metadata must not list decoder taps, got "
+                             f"{out.get('taps')!r}")
+        out["taps"], out["tap_channels"], out["latent_channels"] = [], [], 0
+        return out
     if not out.get("taps") or not out.get("tap_channels"):
         raise ValueError(f"{source}: metadata lacks the decoder taps")
     try:
@@ -126,7 +141,6 @@ def parse_metadata(meta: dict[str, str] | None, source: str = "head") -> dict:
     if not 1 <= out["latent_channels"] <= MAX_LATENT_CHANNELS:
         raise ValueError(f"{source}: metadata field 'latent_channels' must be in 1..{MAX_LATENT_CHANNELS}, got "
                          f"{out['latent_channels']}")
-    out["version"] = version
     taps, chans = out["taps"], out["tap_channels"]
     if not isinstance(taps, list) or len(taps) != 4:
         raise ValueError(f"{source}: metadata field 'taps' must list 4 decoder layers, got {taps!r}")
@@ -134,7 +148,6 @@ def parse_metadata(meta: dict[str, str] | None, source: str = "head") -> dict:
                                                                    for c in chans):
         raise ValueError(f"{source}: metadata field 'tap_channels' must be 4 integers in 1..{MAX_TAP_CHANNELS}, "
                          f"got {chans!r}")
-    out["config"] = check_config(out["config"], source)
     return out
 
 
@@ -177,6 +190,10 @@ def load_head(path: str | os.PathLike):
 
 def check_compatible(info: dict, decoder_info: dict, strict_weights: bool = True) -> None:
     """Raise HeadMismatchError unless a head (parsed metadata) fits a decoder (``TapSpec.info()``)."""
+    if info["config"].get("inputs") == "image":
+        raise HeadMismatchError(f"head: {info.get('decoder_name') or 'this file'} is the image-only keyer (it reads the "
+                                "decoded image, not a decoder's features); use it on the decoded image, or load a "
+                                "head trained for this VAE")
     src = info.get("decoder_name") or info.get("decoder_family")
     if info["decoder_family"] != decoder_info["family"]:
         raise HeadMismatchError(f"head: trained on a {info['decoder_family']} decoder ({src}), but the VAE's decoder "

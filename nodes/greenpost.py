@@ -6,9 +6,9 @@ import torch
 from comfy_api.latest import io
 
 from ..common.keycolour import AUTO, resolve_key_colours
-from ..greenpost import green_post
+from ..matting_head.refine import MODES, key_image, resolve_keyer
 from .common import (category, check_interrupted, check_key_widget, intermediate_device, key_colour_options,
-                     key_socket_input, key_socket_output, socket_keys, to_image, to_mask, widget_key)
+                     key_socket_input, key_socket_output, progress_bar, socket_keys, to_image, to_mask, widget_key)
 
 CHUNK = 4  # frames keyed at a time (bounded memory for long 4K batches)
 
@@ -22,8 +22,9 @@ class DiffuMattingGreenPost(io.ComfyNode):
             category=category("keying"),
             description="Key an image of an object on a (near-)green canvas into a straight foreground, an alpha and "
             "a mask: robust key colour, colour difference against a spatially varying screen, edge-preserving "
-            "refinement, unmixing against the key colour and despill. No model weights. With an alpha from "
-            "MattingHeadDecode, that alpha is kept and only the canvas is cleaned, the colour unmixed and despilled.",
+            "refinement, unmixing against the key colour and despill; optionally (keyer 'learned') the bundled "
+            "learned keyer refines the alpha. With an alpha from MattingHeadDecode, that alpha is kept and only the canvas is "
+            "cleaned, the colour unmixed and despilled.",
             inputs=[
                 io.Image.Input("image", tooltip="The image on a green (or blue, magenta, any) canvas; a batch or video "
                                "frames work."),
@@ -52,6 +53,12 @@ class DiffuMattingGreenPost(io.ComfyNode):
                 io.Boolean.Input("high_quality", default=False, tooltip="Also refine at a second, coarser scale "
                                  "and average the two (a little slower; slightly lower error on the keying benchmark, "
                                  "mostly on wide soft edges)."),
+                io.Combo.Input("keyer", options=["classical", "learned", "auto"], default="classical", optional=True,
+                               tooltip="'classical' (default): GreenPost alone. 'learned' (experimental): GreenPost's "
+                               "alpha refined by the bundled learned keyer (weights/diffumatting_keyer.safetensors; "
+                               "an error if that file is unusable); 'auto': the same, but classical GreenPost and a "
+                               "warning when the file is missing or unreadable. A connected alpha is kept either "
+                               "way."),
                 key_socket_input("Optional key colour to key against (e.g. GreenControlSampler's 'key': the "
                                  "colour the canvas was painted with); wins over key_colour / key_hex."),
             ],
@@ -75,7 +82,7 @@ class DiffuMattingGreenPost(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, key_colour, key_hex, share_key_across_batch, clip_black, clip_white, despill,
-                preserve_luminance, refine_radius, high_quality, alpha=None, key=None) -> io.NodeOutput:
+                preserve_luminance, refine_radius, high_quality, alpha=None, key=None, keyer="classical") -> io.NodeOutput:
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"image: expected an IMAGE [B,H,W,3], got {shape}")
@@ -95,6 +102,9 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                  f"{tuple(x.shape[-2:])}")
             if a.shape[0] not in (1, x.shape[0]):
                 raise ValueError(f"alpha: batch of {a.shape[0]} masks for {x.shape[0]} images")
+        if keyer not in MODES:
+            raise ValueError(f"keyer: expected one of {', '.join(MODES)}, got {keyer!r}")
+        model = resolve_keyer(keyer) if a is None else None  # a given alpha is kept: no keyer to run
         # the connected key, else the widget's: a KeyColour, or "auto" (estimated per chunk's image)
         keys = socket_keys(key, x.shape[0]) if key is not None else widget_key(key_colour, key_hex)
         device = intermediate_device()
@@ -104,21 +114,40 @@ class DiffuMattingGreenPost(io.ComfyNode):
         elif keys == AUTO and share_key_across_batch and x.shape[0] > 1:
             shared = resolve_key_colours(AUTO, x, share=True)  # one colour for all frames
             keys = shared if all(k.found for k in shared) else AUTO
+        if model is not None:  # the keyer runs on the compute device (the GPU when there is one)
+            import comfy.model_management as mm
+
+            device = mm.get_torch_device()
+            x = x.to(device)
         outs = []
-        for i in range(0, x.shape[0], CHUNK):
+        chunks = range(0, x.shape[0], CHUNK)
+        bar = progress_bar(len(chunks))
+
+        def tile_done(done, total):  # a large image's tiles: interruptible between them
+            check_interrupted()
+
+        for n, i in enumerate(chunks):
             check_interrupted()
             ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + CHUNK]).to(device)
             xi = x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK]
             ki = keys[i : i + CHUNK] if isinstance(keys, list) else keys
-            outs.append(green_post(xi, alpha=ai, key_colour=ki, high_quality=high_quality, black=clip_black,
-                                   white=clip_white, despill=despill, luma_preserve=preserve_luminance,
-                                   refine_radius=refine_radius))
+            res = key_image(xi, model, alpha=ai, key_colour=ki, high_quality=high_quality, on_tile=tile_done,
+                            black=clip_black, white=clip_white, despill=despill, luma_preserve=preserve_luminance,
+                            refine_radius=refine_radius)
+            outs.append(_to(res, intermediate_device()))
+            bar.update_absolute(n + 1)
         fg = torch.cat([r.fg for r in outs])
         al = torch.cat([r.alpha for r in outs])
         spill = torch.cat([r.spill for r in outs])
         used = tuple(k for r in outs for k in r.keys)
         return io.NodeOutput(to_image(fg), to_mask(al), to_mask(1.0 - al), to_image(torch.cat([fg, al], dim=1)),
                              to_mask(spill), used)
+
+
+def _to(res, device):
+    """A GreenPostResult's images moved to ``device`` (ComfyUI hands IMAGE/MASK on the intermediate device)."""
+    res.fg, res.alpha, res.spill = res.fg.to(device), res.alpha.to(device), res.spill.to(device)
+    return res
 
 
 NODES = [DiffuMattingGreenPost]

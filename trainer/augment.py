@@ -89,17 +89,77 @@ def green_canvas(h: int, w: int, key, realistic: bool, generator: torch.Generato
     return canvas.clamp(0, 1)
 
 
-def random_key(g: torch.Generator) -> torch.Tensor:
-    """A green key colour -> [3] in [0,1]: pure green, chroma green or a random green (hue 105-140 deg)."""
+def random_key(g: torch.Generator, other_keys: bool = True) -> torch.Tensor:
+    """A key colour -> [3] in [0,1]: pure green, chroma green or a random green (hue 105-140 deg); with
+    ``other_keys`` also a random blue (hue 205-235 deg, 15 %) or magenta (hue 290-320 deg, 5 %)."""
     u = torch.rand(1, generator=g).item()
-    if u < 0.4:
+    hues = (105, 140)
+    if u < 0.35:
         return torch.tensor(PURE_GREEN, dtype=torch.float32)
-    if u < 0.65:
+    if u < 0.55:
         return torch.tensor(CHROMA_GREEN, dtype=torch.float32)
-    hue = (105 + 35 * torch.rand(1, generator=g).item()) / 360
+    if other_keys and u >= 0.95:
+        hues = (290, 320)
+    elif other_keys and u >= 0.8:
+        hues = (205, 235)
+    hue = (hues[0] + (hues[1] - hues[0]) * torch.rand(1, generator=g).item()) / 360
     sat = 0.7 + 0.3 * torch.rand(1, generator=g).item()
     val = 0.55 + 0.45 * torch.rand(1, generator=g).item()
     return torch.tensor(colorsys.hsv_to_rgb(hue, sat, val), dtype=torch.float32)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x [C,H,W] -> Gaussian blur (kornia), sigma in px (kernel 4 sigma each side, reflect padding)."""
+    import kornia.filters as KF
+
+    k = 2 * max(1, math.ceil(3 * sigma)) + 1
+    k = min(k, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
+    return KF.gaussian_blur2d(x[None], (k, k), (sigma, sigma), border_type="reflect")[0]
+
+
+def spill_and_shadow(fg: torch.Tensor, alpha: torch.Tensor, canvas: torch.Tensor, key: torch.Tensor,
+                     g: torch.Generator, spill: float = 0.3, shadow: float = 0.35) -> tuple[torch.Tensor, torch.Tensor]:
+    """fg [3,H,W] straight, alpha [1,H,W], canvas [3,H,W], key [3], all in [0,1] -> (fg with key-colour spill near
+    its edges, canvas with a soft drop shadow of the subject), each strength drawn in [0, ``spill``] / [0,
+    ``shadow``]. Spill is screen light reflected by the subject: its albedo times the key colour, strongest where
+    the subject is thin or near the screen; the ground truth colour stays the unspilled ``fg``."""
+    h, w = alpha.shape[-2:]
+    size = max(h, w)
+    near = 1 - _blur(alpha, max(1.0, 0.02 * size))  # how much screen surrounds each pixel
+    s = spill * uniform(g, 0.0, 1.0)
+    fg = (fg + s * near * key.view(3, 1, 1) * fg.mean(0, keepdim=True)).clamp(0, 1)
+    k = shadow * uniform(g, 0.0, 1.0)
+    dy, dx = round(uniform(g, -0.06, 0.06) * h), round(uniform(g, -0.06, 0.06) * w)
+    cast = torch.roll(alpha, shifts=(dy, dx), dims=(-2, -1))
+    canvas = canvas * (1 - k * _blur(cast, max(1.0, 0.03 * size)))
+    return fg, canvas
+
+
+def degrade(image: torch.Tensor, g: torch.Generator, jpeg: float = 0.4, subsample: float = 0.15,
+            noise: float = 0.5) -> torch.Tensor:
+    """image [3,H,W] in [0,1] -> what a file or generator hands over: with probability ``noise`` Gaussian noise
+    (sigma up to 0.02), then 8-bit, then with probability ``jpeg`` JPEG (quality 70-95, OpenCV's 4:2:0 chroma) or
+    else with probability ``subsample`` 4:2:0 chroma alone (video). [3,H,W] in [0,1], 8-bit values."""
+    import cv2
+    import numpy as np
+
+    u_noise, sigma, u_codec, quality = (uniform(g, 0.0, 1.0) for _ in range(4))
+    x = image
+    if u_noise < noise:
+        x = x + 0.02 * sigma * torch.randn(x.shape, generator=g)
+    x8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if u_codec < jpeg:
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(x8[..., ::-1]),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(70 + 25 * quality)])
+        x8 = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    elif u_codec < jpeg + subsample:
+        ycc = cv2.cvtColor(np.ascontiguousarray(x8), cv2.COLOR_RGB2YCrCb)
+        h, w = ycc.shape[:2]
+        for c in (1, 2):
+            small = cv2.resize(ycc[..., c], ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+            ycc[..., c] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        x8 = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+    return torch.from_numpy(np.ascontiguousarray(x8)).permute(2, 0, 1).float() / 255
 
 
 def random_crop(fg, alpha, size: int, g: torch.Generator, scale=(0.3, 1.0), focus_edges: float = 0.6):

@@ -34,7 +34,7 @@ from ..matting_head.network import MattingHead
 from ..matting_head.taps import TapRecorder, tap_spec
 from ..matting_head.weights import save_head
 from . import checkpoint
-from .augment import HEAD_JITTER, green_canvas, over, random_crop, random_key
+from .augment import HEAD_JITTER, degrade, green_canvas, over, random_crop, random_key, spill_and_shadow
 from .pairs import Pair
 from .schedule import head_warmup, lr_scheduler
 from .seeding import chance, randint, sample_generator, sample_seed, uniform
@@ -91,6 +91,8 @@ class TrainConfig:
     notes: dict = field(default_factory=dict)  # extra training description for the metadata
     device: str = "cpu"  # where the frozen decoder (TAESD family), the sample buffer and the head run
     workers: int = 0  # CPU processes making samples ahead (0 = in the training process)
+    auto_key_fraction: float = 0.5  # samples whose prior is keyed against the estimated key ("auto") not the nominal
+    degrade_fraction: float = 0.7  # samples made realistic (spill, shadow) and degraded (noise, JPEG, 4:2:0)
 
     def __post_init__(self) -> None:
         """Every setting checked up front: ConfigError naming the field and its range."""
@@ -108,7 +110,8 @@ class TrainConfig:
             raise ConfigError("batch", f"expected at most --buffer ({self.buffer}) samples, got {self.batch}")
         _int("refresh", self.refresh, 0, self.buffer)
         _int("refresh_every", self.refresh_every, 1)
-        for name in ("synthetic_fraction", "realistic_fraction", "noise_fraction"):
+        for name in ("synthetic_fraction", "realistic_fraction", "noise_fraction", "auto_key_fraction",
+                     "degrade_fraction"):
             _num(name, getattr(self, name), 0.0, 1.0)
         _num("noise_max", self.noise_max, 0.0, 10.0)
         _int("ckpt_every", self.ckpt_every, 1)
@@ -156,9 +159,31 @@ class TaesdBackend:
         return self.ae.decode(latent.to(self.device))
 
 
+class ImageBackend:
+    """The image-only keyer's "backend": no decoder, the composite is the input (encode and decode are the
+    identity, no taps)."""
+
+    name = "image-only"
+
+    def info(self) -> dict:
+        from ..matting_head.weights import IMAGE_ONLY_DECODER
+
+        return dict(IMAGE_ONLY_DECODER)
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    @torch.no_grad()
+    def decode_taps(self, latent: torch.Tensor, transforms=None):
+        return latent.clamp(0, 1), []
+
+
 def make_sample(pairs: list[Pair], cfg: TrainConfig, index: int) -> dict:
-    """The CPU part of training sample ``index``, a pure function of (cfg.seed, index): {"fg" [3,s,s],
-    "alpha" [1,s,s], "key" [3], "canvas" [3,s,s]} in [0,1] (s = cfg.crop) plus "noise" (latent noise sigma
+    """The CPU part of training sample ``index``, a pure function of (cfg.seed, index): {"fg" [3,s,s] (the ground
+    truth colour), "alpha" [1,s,s], "key" [3], "canvas" [3,s,s], "image" [3,s,s] (the composite as a generator or a
+    file hands it over: spill, shadow, noise, JPEG / 4:2:0 for ``degrade_fraction`` of the samples)} in [0,1]
+    (s = cfg.crop) plus "auto" (whether the prior keys against the estimated key), "noise" (latent noise sigma
     relative to the latent's std, 0 = none) and "noise_seed"."""
     from ..synthetic import synthetic_matte
 
@@ -178,8 +203,15 @@ def make_sample(pairs: list[Pair], cfg: TrainConfig, index: int) -> dict:
     canvas = green_canvas(fg.shape[-2], fg.shape[-1], key, realistic, g)
     noisy = chance(g, cfg.noise_fraction)
     noise = cfg.noise_max * uniform(g, 0.0, 1.0)
-    return {"fg": fg, "alpha": a, "key": key, "canvas": canvas, "noise": noise if noisy else 0.0,
-            "noise_seed": sample_seed(cfg.seed, index, "noise")}
+    auto = chance(g, cfg.auto_key_fraction)
+    shown = fg
+    if chance(g, cfg.degrade_fraction):
+        shown, canvas = spill_and_shadow(fg, a, canvas, key, g)
+        image = degrade(over(shown, a, canvas), g)
+    else:
+        image = over(fg, a, canvas)
+    return {"fg": fg, "alpha": a, "key": key, "canvas": canvas, "image": image, "auto": auto,
+            "noise": noise if noisy else 0.0, "noise_seed": sample_seed(cfg.seed, index, "noise")}
 
 
 _WORKER = None  # (pairs, cfg) in a sample worker process, inherited through fork
@@ -188,6 +220,9 @@ _WORKER = None  # (pairs, cfg) in a sample worker process, inherited through for
 def _worker_init(pairs, cfg):
     global _WORKER
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+    import cv2
+
+    cv2.setNumThreads(0)  # OpenCV's thread pool does not survive fork (a forked worker hung or died in augment.degrade)
     _WORKER = (pairs, cfg)
 
 
@@ -197,7 +232,9 @@ def _worker_sample(index: int) -> dict:
 
 class SampleMaker:
     """Training samples: CPU crops (inline or from ``cfg.workers`` forked processes, ahead of use) -> green composite
-    -> encode -> (noise) -> decode with taps -> dicts of half-precision tensors on the backend's output device."""
+    -> encode -> (noise) -> decode with taps -> the prior alpha (GreenPost or colour difference, keyed against the
+    nominal or the estimated key) -> dicts of half-precision tensors on the backend's output device. The prior is
+    made once per sample here (it costs more than a training step of the image-only keyer)."""
 
     def __init__(self, backend, pairs: list[Pair], cfg: TrainConfig, made: int = 0):
         self.backend, self.pairs, self.cfg = backend, pairs, cfg
@@ -238,12 +275,18 @@ class SampleMaker:
 
     @torch.no_grad()
     def make(self, n: int, device=None) -> list[dict]:
-        """n -> the next n samples: dicts of taps (4), rgb, alpha, fg, canvas (half precision) and key."""
+        """n -> the next n samples: dicts of taps (4, none for the image-only keyer), rgb, prior, alpha, fg, canvas
+        (half precision) and key (the one the prior was keyed against)."""
+        import warnings
+
+        from ..common.keycolour import NoKeyColourWarning, estimate_key_colours
+        from ..matting_head.keyer import prior_alpha
+
         crops = self._crops(n)
         fg = torch.stack([c["fg"] for c in crops])
         a = torch.stack([c["alpha"] for c in crops])
         canvas = torch.stack([c["canvas"] for c in crops])
-        image = over(fg, a, canvas)
+        image = torch.stack([c["image"] for c in crops])
         z = self.backend.encode(image)
         for i, c in enumerate(crops):
             if c["noise"] > 0:
@@ -251,11 +294,21 @@ class SampleMaker:
                 z[i] = z[i] + c["noise"] * z[i].std() * eps.to(z)
         rgb, taps = self.backend.decode_taps(z)
         device = rgb.device if device is None else device
+        with warnings.catch_warnings():  # a crop without a visible screen is a wanted case, not news
+            warnings.simplefilter("ignore", NoKeyColourWarning)
+            estimated = estimate_key_colours(rgb.float().cpu(), warn=False)
+        keys = [est if c["auto"] else c["key"] for c, est in zip(crops, estimated)]
+        used = torch.stack([torch.tensor(k.rgb, dtype=torch.float32) if c["auto"] else c["key"]
+                            for c, k in zip(crops, keys)])
+        prior = torch.cat([prior_alpha(rgb[i : i + 1].float(), [k] if c["auto"] else used[i].to(rgb.device),
+                                       self.cfg.head_config.get("prior", "colour_difference"))
+                           for i, (c, k) in enumerate(zip(crops, keys))])
         out = []
         for i, c in enumerate(crops):
             out.append({"taps": [t[i].to(device, torch.half) for t in taps], "rgb": rgb[i].to(device, torch.half),
+                        "prior": prior[i].to(device, torch.half),
                         "alpha": a[i].to(device, torch.half), "fg": fg[i].to(device, torch.half),
-                        "canvas": canvas[i].to(device, torch.half), "key": c["key"].to(device)})
+                        "canvas": canvas[i].to(device, torch.half), "key": used[i].to(device)})
         return out
 
 
@@ -327,13 +380,14 @@ def head_loss(out: dict, alpha, fg, canvas, image, weights: dict | None = None) 
 
 
 def batch_from_buffer(buffer: list[dict], idx: list[int], dtype=torch.float32):
-    """buffer items, indices -> (4 taps [B,C_i,h,w] channels-last, rgb, alpha, fg, canvas [B,C,H,W], keys [B,3])."""
+    """buffer items, indices -> (4 taps [B,C_i,h,w] channels-last (None for the image-only keyer), rgb, prior,
+    alpha, fg, canvas [B,C,H,W], keys [B,3])."""
     s = [buffer[i] for i in idx]
     taps = [torch.stack([x["taps"][k] for x in s]).to(dtype).contiguous(memory_format=torch.channels_last)
-            for k in range(4)]
+            for k in range(len(s[0]["taps"]))] or None
     get = lambda key: torch.stack([x[key] for x in s]).to(dtype)  # noqa: E731
     keys = torch.stack([x["key"] for x in s]).to(dtype)
-    return taps, get("rgb"), get("alpha"), get("fg"), get("canvas"), keys
+    return taps, get("rgb"), get("prior"), get("alpha"), get("fg"), get("canvas"), keys
 
 
 # ---- checkpoints
@@ -417,6 +471,7 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(cfg.seed, "init"))
             head = MattingHead(info["tap_channels"], cfg.head_config)
+    cfg.head_config = {**cfg.head_config, "prior": head.config["prior"]}  # the samples' prior is the head's
     check_output(cfg, head)
     ckpt = ckpt_path(cfg)
     checkpoint.clean_stale(ckpt)
@@ -486,10 +541,9 @@ def _train(backend, pairs, cfg, head, maker, device, info, init_training, saved,
             else:
                 buffer[int(torch.randint(len(buffer), (1,), generator=g))] = s
         idx = torch.randperm(len(buffer), generator=g)[: cfg.batch].tolist()
-        taps, rgb, alpha, fg, canvas, keys = batch_from_buffer(buffer, idx)
-        ka = head.prior(rgb, keys)
+        taps, rgb, ka, alpha, fg, canvas, keys = batch_from_buffer(buffer, idx)
         image = over(fg, alpha, canvas)
-        out = head(taps, rgb, ka)
+        out = head(taps, rgb, ka, key=keys)
         loss, parts = head_loss(out, alpha, fg, canvas, image, cfg.loss_weights)
         if not torch.isfinite(loss):
             raise ValueError(f"train-head: the loss became {loss.item()} at step {step + 1} (learning rate too "
@@ -525,7 +579,12 @@ def _train(backend, pairs, cfg, head, maker, device, info, init_training, saved,
                 "stopped": stop_reason, "crop": cfg.crop, "batch": cfg.batch,
                 "subjects": sorted(p.name for p in pairs), "synthetic_fraction": cfg.synthetic_fraction,
                 "synthetic_sources": [f"synthetic.synthetic_matte({f})" for f in SYNTH_FAMILIES],
-                "noise_max": cfg.noise_max, "device": device.type, **cfg.notes}
+                "noise_max": cfg.noise_max, "device": device.type,
+                "data_terms": (f"trained on {len(pairs)} real mattes that carry their sources' terms (the shared "
+                               "development mattes: research / non-commercial use only; see the data folder's "
+                               "SOURCES files)") if pairs else
+                              "synthetic mattes only (the pack's own generator): no third-party data terms",
+                **cfg.notes}
     if cfg.loss_weights:
         training["loss_weights"] = {**LOSS_WEIGHTS, **cfg.loss_weights}
     if init_training is not None:

@@ -22,7 +22,7 @@ def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_G
         image = over(fg, a, canvas)[None]
         z = backend.encode(image)
         rgb, taps = backend.decode_taps(z)
-        out.append({"name": p.name, "rgb": rgb, "taps": [t.half() for t in taps] if keep_taps else None,
+        out.append({"name": p.name, "rgb": rgb, "taps": [t.half() for t in taps] if keep_taps and taps else None,
                     "alpha": a[None], "key": torch.as_tensor(key, dtype=torch.float32)[None], "image": image,
                     "latent": z})
     return out
@@ -34,7 +34,8 @@ def head_alpha(head, item: dict) -> torch.Tensor:
     dev = head.stem8.weight.device
     rgb = item["rgb"].to(dev)
     ka = head.prior(rgb, item["key"].to(dev))
-    return head([t.to(dev).float() for t in item["taps"]], rgb, ka)["alpha"]
+    taps = None if head.image_only else [t.to(dev).float() for t in item["taps"]]
+    return head(taps, rgb, ka, key=item["key"].to(dev))["alpha"]
 
 
 def make_monitor(prepared: list[dict]):

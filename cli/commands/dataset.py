@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="data-set folder (created; resumed if it exists)")
     p.add_argument("--key-colour", default="auto", help=f"'auto', a preset ({PRESET_HELP}), #RRGGBB or R,G,B")
     p.add_argument("--high-quality", action="store_true", help="GreenPost's high-quality mode (two refinement scales)")
+    from ...matting_head.refine import add_keyer_arguments
+
+    add_keyer_arguments(p)
     p.add_argument("--alpha-bits", type=int, choices=(8, 16), default=8, help="bit depth of alpha/*.png")
     p.add_argument("--trimap-radius", type=int, default=10,
                    help="unknown band half width in pixels, 0..256 (default 10)")
@@ -94,7 +97,7 @@ def run(args) -> int:
     from ...common.images import load_image
     from ...common.keycolour import AUTO, parse_key_colour
     from ...dataset import open_writer
-    from ...greenpost import green_post
+    from ...matting_head.refine import keyer_from_arguments
 
     # Everything that can be checked is checked before the first image is keyed or the folder is created.
     files = collect_image_files(args.inputs)
@@ -105,6 +108,10 @@ def run(args) -> int:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     thresholds = _thresholds(args)
+    try:
+        keyer = keyer_from_arguments(args)
+    except ValueError as exc:
+        raise CLIError(f"--keyer: {exc}") from None
     captions = {path: read_caption(path) for path in files}
     try:
         writer = open_writer(args.out, alpha_bits=args.alpha_bits, thresholds=thresholds,
@@ -112,12 +119,14 @@ def run(args) -> int:
     except ValueError as exc:
         raise CLIError(f"--out: {exc}") from None
     try:
-        return _run(args, writer, files, captions, key, load_image, green_post)
+        return _run(args, writer, files, captions, key, load_image, keyer)
     finally:
         writer.close()
 
 
-def _run(args, writer, files, captions, key, load_image, green_post) -> int:
+def _run(args, writer, files, captions, key, load_image, keyer) -> int:
+    from ...matting_head.refine import key_image
+
     # Resume by source file: a file already in the data set (accepted or rejected) is skipped, whatever its name;
     # a new file gets a name no sample has yet (two files whose names sanitise alike both get keyed).
     done_sources = {_source_key(row["source"]) for row in writer.rows() if isinstance(row.get("source"), str)}
@@ -141,7 +150,7 @@ def _run(args, writer, files, captions, key, load_image, green_post) -> int:
             else:
                 hint = loaded.alpha[None]
         try:
-            res = green_post(image, alpha=hint, key_colour=key, high_quality=args.high_quality)
+            res = key_image(image, keyer, alpha=hint, key_colour=key, high_quality=args.high_quality)
         except ValueError as exc:
             raise CLIError(f"{path}: {exc}") from None
         caption = captions[path]

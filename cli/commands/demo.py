@@ -9,7 +9,7 @@ from .. import CLIError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="key the bundled green-screen demo picture (no model weights, no downloads)",
+        "demo", help="key the bundled green-screen demo picture (no downloads)",
         description="Keys assets/demo_greenscreen.png (a procedural picture made by assets/make_demo.py: a ball with "
         "hair-like strands and a semi-transparent glass disc on a lit green screen) with GreenPost, and writes "
         "demo_rgba.png (straight RGB + alpha) and demo_composite.png (over a checkerboard) to the output folder.")
@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--high-quality", action="store_true",
                    help="high-quality mode: a second, coarser refinement scale averaged in (a little slower; slightly better on wide soft edges)")
     p.add_argument("--image", default=None, help="key this image instead of the bundled one")
+    from ...matting_head.refine import add_keyer_arguments
+
+    add_keyer_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -49,9 +52,13 @@ def run(args) -> int:
     from ...common.images import load_image, save_png
     from ...common.keycolour import NoKeyColourWarning
     from ...compositing import alpha_over, checkerboard
-    from ...greenpost import green_post
+    from ...matting_head.refine import key_image, keyer_from_arguments
     from .key import memory_limit
 
+    try:
+        keyer = keyer_from_arguments(args)
+    except ValueError as exc:
+        raise CLIError(f"--keyer: {exc}") from None
     try:  # the output folder first: nothing is keyed for a folder that cannot be written
         out_dir = prepare_output_dir(args.out, "-o/--out")
     except ValueError as exc:
@@ -68,7 +75,7 @@ def run(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoKeyColourWarning)  # said once, in the summary line below
         try:
-            res = green_post(rgb[None], high_quality=args.high_quality)
+            res = key_image(rgb[None], keyer, high_quality=args.high_quality)
         except ValueError as exc:
             raise CLIError(f"{source}: {exc}") from None
     dt = time.perf_counter() - t0

@@ -11,10 +11,11 @@ from .. import CLIError, collect_image_files
 
 def register(subparsers) -> None:
     from ...common.keypresets import PRESET_HELP
+    from ...matting_head.refine import add_keyer_arguments
 
     p = subparsers.add_parser(
-        "key", help="key green-screen images into RGBA PNGs with straight alpha (GreenPost, no model weights)",
-        description="Key images of objects on a green (or any key-colour) canvas with GreenPost and write, per input, "
+        "key", help="key green-screen images into RGBA PNGs with straight alpha (GreenPost; --learned adds the bundled learned keyer)",
+        description="Key images of objects on a green (or any key-colour) canvas with GreenPost (--learned: refined by the bundled learned keyer), and write, per input, "
         "<name>_rgba.png: straight (not premultiplied) RGB + alpha, 1 = opaque. 16-bit inputs give 16-bit outputs. "
         "An input alpha channel is ignored unless --keep-input-alpha. Inputs that share a name (a.jpg, a.png) get the "
         "extension in theirs (a_jpg_rgba.png, a_png_rgba.png). 'auto' recognises green, blue and magenta screens; an "
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--share-key", action="store_true", help="estimate one key colour for all inputs (video frames)")
     p.add_argument("--high-quality", action="store_true",
                    help="high-quality mode: a second, coarser refinement scale averaged in (a little slower; slightly better on wide soft edges)")
+    add_keyer_arguments(p)
     p.add_argument("--keep-input-alpha", action="store_true",
                    help="an input PNG's own alpha channel is kept as the matte (only the colour is unmixed)")
     p.add_argument("--despill", type=float, default=1.0, help="despill strength 0..1 (default 1)")
@@ -76,12 +78,16 @@ def run(args) -> int:
     from ...common.files import os_error_text, prepare_output_dir
     from ...common.images import load_image, save_png
     from ...common.keycolour import AUTO, NoKeyColourWarning, parse_key_colour, resolve_key_colours
-    from ...greenpost import green_post
+    from ...matting_head.refine import key_image, keyer_from_arguments
 
     files = collect_image_files(args.inputs)
     if not 0.0 <= args.despill <= 1.0:
         raise CLIError(f"--despill: expected a value in [0, 1], got {args.despill}")
     auto = args.key_colour.strip().lower() == AUTO
+    try:
+        keyer = keyer_from_arguments(args)
+    except ValueError as exc:
+        raise CLIError(f"--keyer: {exc}") from None
     try:  # the key colour and the output folder once, before any work
         given_key = None if auto else parse_key_colour(args.key_colour, name="--key-colour")
         out_dir = prepare_output_dir(args.out, "-o/--out")
@@ -128,8 +134,8 @@ def run(args) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoKeyColourWarning)
             try:
-                res = green_post(img.rgb[None], alpha=given, key_colour=key, high_quality=args.high_quality,
-                                 despill=args.despill)
+                res = key_image(img.rgb[None], keyer, alpha=given, key_colour=key, high_quality=args.high_quality,
+                                despill=args.despill)
             except ValueError as exc:
                 print(f"error: {path}: {exc}", file=sys.stderr)
                 failures += 1

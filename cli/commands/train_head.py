@@ -1,4 +1,5 @@
-"""`python -m diffumatting train-head`: train a matting head on a frozen decoder (TAESD family or ComfyUI's VAE)."""
+"""`python -m diffumatting train-head`: train a matting head on a frozen decoder (TAESD family or ComfyUI's VAE), or
+the image-only keyer (``--image-only``: no decoder; the model GreenPost's learned mode runs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .. import CLIError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train-head", help="train a matting head on a frozen VAE decoder",
+        "train-head", help="train a matting head on a frozen VAE decoder, or the image-only keyer (--image-only)",
         description="Train the matting head on a frozen decoder from (fg or image, alpha) pairs composited onto "
         "green (plus synthetic mattes), with slightly noised latents. Writes periodic checkpoints beside --out "
         "(<out>.ckpt.safetensors) and resumes from them; the final head is a safetensors file with metadata.")
@@ -17,9 +18,15 @@ def register(subparsers) -> None:
     src.add_argument("--taesd", metavar="PATH", help="TAESD-family folder (*_encoder/*_decoder.safetensors), e.g. "
                      "../shared/data/models/taef2")
     src.add_argument("--vae", metavar="FILE", help="a VAE or checkpoint file loaded with ComfyUI (needs COMFYUI_PATH)")
+    src.add_argument("--image-only", action="store_true",
+                     help="train the image-only keyer (the model of GreenPost's learned mode): no decoder, the "
+                     "composite itself is the input; its default size is matting_head.network.IMAGE_CONFIG")
     p.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="folder of <subject>/alpha.png + fg.png|image.png (or alpha/ + fg/ folders); repeatable")
     p.add_argument("--holdout", default="", help="comma-separated subjects to leave out of training (monitored)")
+    p.add_argument("--fold", default="", metavar="I/K",
+                   help="cross-validation: leave out fold I of K (0-based; the subjects of all --data folders sorted "
+                   "by name, every K-th from the I-th), e.g. 0/5 ... 4/5; combines with --holdout")
     p.add_argument("--synthetic-only", action="store_true", help="train on synthetic mattes only")
     p.add_argument("--out", required=True, help="final head file (.safetensors)")
     p.add_argument("--steps", type=int, default=4000)
@@ -51,6 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--loss-weights", default="", metavar="TERM=W,...",
                    help="override loss weights, e.g. l2=16,grad=0 (terms: l1, l2 (MSE), lap, grad, comp, fg)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-monitor", action="store_true", help="do not evaluate the held-out subjects at checkpoints")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -105,6 +113,25 @@ def _loss_weights(text: str) -> dict:
         raise CLIError(f"--loss-weights: {exc}") from exc
 
 
+def parse_fold(text: str) -> tuple[int, int] | None:
+    """"I/K" -> (I, K) with 0 <= I < K, K >= 2; "" -> None; CLIError naming --fold otherwise."""
+    if not text:
+        return None
+    try:
+        i, k = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise CLIError(f"--fold: expected I/K (e.g. 0/5), got {text!r}") from None
+    if k < 2 or not 0 <= i < k:
+        raise CLIError(f"--fold: expected 0 <= I < K and K >= 2, got {text!r}")
+    return i, k
+
+
+def fold_subjects(names: list[str], fold: tuple[int, int]) -> list[str]:
+    """Subject names, (I, K) -> the names of fold I: every K-th of the sorted names from the I-th."""
+    i, k = fold
+    return sorted(names)[i::k]
+
+
 def _flag(exc) -> str:
     """A ConfigError of the head trainer -> its message with the field as a command-line flag."""
     return f"--{exc.field.replace('_', '-')}: {exc.detail}"
@@ -113,9 +140,10 @@ def _flag(exc) -> str:
 def run(args) -> int:
     import torch
 
+    from ...matting_head.network import IMAGE_CONFIG
     from ...matting_head.taesd import load_tiny_autoencoder
     from ...trainer.checkpoint import check_writable
-    from ...trainer.head import ConfigError, TaesdBackend, TrainConfig, check_device, train_head
+    from ...trainer.head import ConfigError, ImageBackend, TaesdBackend, TrainConfig, check_device, train_head
     from ...trainer.head_eval import make_monitor, prepare_eval
     from ...trainer.pairs import load_pairs
 
@@ -133,14 +161,19 @@ def run(args) -> int:
     if args.init and not os.path.isfile(args.init):
         raise CLIError(f"--init: {args.init} does not exist")
     holdout = [s for s in args.holdout.split(",") if s]
+    fold = parse_fold(args.fold)
+    if fold is not None and not args.data:
+        raise CLIError("--fold: needs --data (the subjects to split)")
     try:  # every setting is checked before any model or data is loaded
         cfg = TrainConfig(out=args.out, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
                           buffer=args.buffer, buffer_init=min(args.buffer, max(args.batch, 64)),
                           refresh=args.refresh, refresh_every=args.refresh_every,
                           synthetic_fraction=args.synthetic_fraction, ckpt_every=args.ckpt_every, seed=args.seed,
-                          max_minutes=args.max_minutes, head_config={"prior": args.prior}, init=args.init,
+                          max_minutes=args.max_minutes, init=args.init,
+                          head_config={**IMAGE_CONFIG, "prior": args.prior} if args.image_only else {"prior": args.prior},
                           loss_weights=loss_weights, device=args.device, workers=args.workers,
-                          notes={"holdout": holdout, "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
+                          notes={"holdout": holdout, "fold": args.fold,
+                                 "data": [os.path.basename(os.path.abspath(d)) for d in args.data]})
     except ConfigError as exc:
         raise CLIError(_flag(exc)) from None
     try:
@@ -150,17 +183,22 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        if args.taesd:
+        if args.image_only:
+            backend = ImageBackend()
+        elif args.taesd:
             ae = load_tiny_autoencoder(args.taesd)
             if ae.encoder is None:
                 raise CLIError(f"--taesd: {args.taesd} has no encoder weights (training needs both halves)")
             backend = TaesdBackend(ae, name=ae.name)
         else:
             backend = _comfy_backend(args.vae)
+        loaded = [p for d in args.data for p in load_pairs(d)]
+        if fold is not None:
+            holdout = sorted(set(holdout) | set(fold_subjects([p.name for p in loaded], fold)))
+            cfg.notes["holdout"] = holdout
         pairs, held = [], []
-        for d in args.data:
-            for p in load_pairs(d):
-                (held if p.name in holdout else pairs).append(p)
+        for p in loaded:
+            (held if p.name in holdout else pairs).append(p)
         missing = sorted(set(holdout) - {p.name for p in held})
         if missing:
             raise CLIError(f"--holdout: subjects {missing} not found in --data")
@@ -170,7 +208,7 @@ def run(args) -> int:
             raise CLIError("no training pairs: give --data or a positive --synthetic-fraction")
         if not pairs:
             cfg.synthetic_fraction = 1.0
-        monitor = make_monitor(prepare_eval(backend, held)) if held else None
+        monitor = make_monitor(prepare_eval(backend, held)) if held and not args.no_monitor else None
         train_head(backend, pairs, cfg, resume=not args.no_resume, progress=not args.no_progress, monitor=monitor,
                    log_fn=lambda line: print(line, flush=True))
     except ConfigError as exc:

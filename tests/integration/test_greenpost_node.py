@@ -19,7 +19,11 @@ def _capture(node_id, src, key):
 
 
 def _greenpost(node_id, image, alpha=None, **kw):
-    inputs = {"image": image, **DEFAULTS, **kw}
+    """The node with its defaults, keying classically unless ``keyer`` says otherwise (``keyer=None``: no keyer
+    input at all, as in a workflow saved before it existed)."""
+    inputs = {"image": image, **DEFAULTS, "keyer": "classical", **kw}
+    if inputs["keyer"] is None:
+        del inputs["keyer"]
     if alpha is not None:
         inputs["alpha"] = alpha
     return {node_id: {"class_type": "DiffuMattingGreenPost", "inputs": inputs}}
@@ -169,3 +173,42 @@ def test_node_with_an_empty_batch_is_a_clear_error(comfy, run_prompt):
         assert run_prompt(prompt)["alpha"].shape == (1, 64, 64)
     finally:
         comfy.nodes.NODE_CLASS_MAPPINGS.pop("DMTestEmptyImage", None)
+
+
+def _refine_module(comfy):
+    """The pack's matting_head.refine as ComfyUI loaded it (the module the node calls)."""
+    import sys
+
+    node_module = sys.modules[comfy.node_classes["DiffuMattingGreenPost"].__module__]
+    return sys.modules[node_module.resolve_keyer.__module__]
+
+
+def test_node_keyer_modes_learned_default_classical_and_bad_weights(comfy, run_prompt, monkeypatch, tmp_path):
+    """No 'keyer' input (every workflow saved before it existed) = 'classical' = GreenPost alone; 'learned' runs the
+    shipped keyer; 'learned' with an unusable file is an error naming it, 'auto' falls back to classical."""
+    import pytest
+
+    refine = _refine_module(comfy)
+    if not refine.KEYER_FILE.is_file():
+        pytest.skip(f"no shipped keyer at {refine.KEYER_FILE}")
+    prompt = {**_img("1", batch=2), **_greenpost("2", ["1", 0], keyer="learned"),
+              **_greenpost("3", ["1", 0], keyer=None),
+              **_capture("4", ["2", 1], "learned"), **_capture("5", ["3", 1], "classical"),
+              **_capture("6", ["1", 0], "image")}
+    out = run_prompt(prompt)
+    image = out["image"].movedim(-1, 1)
+    core = green_post(image, share_key=True)
+    assert torch.allclose(out["classical"], core.alpha[:, 0], atol=1e-5)
+    expect = refine.key_image(image, refine.load_keyer(), key_colour=core.key_colour)  # a tensor: the pack is imported twice
+    assert torch.allclose(out["learned"], expect.alpha[:, 0], atol=1e-4)
+    assert not torch.allclose(out["learned"], out["classical"], atol=1e-3)  # the keyer did something
+    bad = tmp_path / "corrupt_keyer.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(refine, "KEYER_FILE", bad)
+    err = run_prompt({**_img("1"), **_greenpost("2", ["1", 0], keyer="learned"), **_capture("3", ["2", 1], "a")},
+                     expect_error=True)["execution_error"]
+    assert "corrupt_keyer.safetensors" in err["exception_message"]
+    with pytest.warns(refine.KeyerWarning, match="corrupt_keyer.safetensors"):
+        out = run_prompt({**_img("1"), **_greenpost("2", ["1", 0], keyer="auto"), **_capture("3", ["2", 1], "a"),
+                          **_capture("4", ["1", 0], "image")})
+    assert torch.allclose(out["a"], green_post(out["image"].movedim(-1, 1)).alpha[:, 0], atol=1e-5)
