@@ -131,7 +131,7 @@ def _run(args, writer, files, captions, key, load_image, keyer) -> int:
     # a new file gets a name no sample has yet (two files whose names sanitise alike both get keyed).
     done_sources = {_source_key(row["source"]) for row in writer.rows() if isinstance(row.get("source"), str)}
     used = writer.names
-    done = accepted = rejected = 0
+    done = accepted = rejected = failed = 0
     for path in files:
         if _source_key(path) in done_sources:
             done += 1
@@ -139,8 +139,10 @@ def _run(args, writer, files, captions, key, load_image, keyer) -> int:
         name = sample_name(path, used)
         try:
             loaded = load_image(path)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
+        except ValueError as exc:  # one bad file does not stop the others (reported, counted, exit status 2)
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         image = loaded.rgb[None]
         hint = None
         if loaded.alpha is not None:
@@ -152,7 +154,9 @@ def _run(args, writer, files, captions, key, load_image, keyer) -> int:
         try:
             res = key_image(image, keyer, alpha=hint, key_colour=key, high_quality=args.high_quality)
         except ValueError as exc:
-            raise CLIError(f"{path}: {exc}") from None
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         caption = captions[path]
         meta = {"source": os.path.abspath(path), "prompt": caption, "seed": None, "model": args.model}
         try:
@@ -171,4 +175,7 @@ def _run(args, writer, files, captions, key, load_image, keyer) -> int:
         raise CLIError(f"--out: cannot write {writer.root}/stats.json: {exc.strerror or exc}") from None
     print(f"{writer.root}: {accepted} accepted, {rejected} rejected now ({done} already done); "
           f"{stats['accepted']} accepted, {stats['rejected']} rejected in total")
+    if failed:
+        raise CLIError(f"{failed} of {len(files)} input(s) could not be read or keyed (see above); the others are in "
+                       f"{writer.root}, and a rerun keys only what is missing")
     return 0

@@ -323,3 +323,22 @@ def test_factory_reads_the_nodes_results_from_the_shared_writer(tmp_path, monkey
     assert counts["accepted"] == 3 and calls["n"] == 1  # opened (and recovered) once, then shared
     assert not any(os.path.exists(os.path.join(root, d)) and os.listdir(os.path.join(root, d))
                    for d in (".staging", ".pending"))
+
+
+def test_dataset_unreadable_input_is_reported_and_the_rest_are_keyed(tmp_path, capsys):
+    """Report case #19 (dataset stopped at the first unreadable input): it is named, counted, and the others are
+    keyed; the exit status says something failed; a rerun keys only what is missing."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _green_picture(src / "a_good.png")
+    (src / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _green_picture(src / "c_good.png")
+    out = tmp_path / "ds"
+    assert main(["dataset", str(src), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "b_broken.png" in captured.err and "1 of 3 input(s) could not be read or keyed" in captured.err
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == ["a_good", "c_good"]
+    _green_picture(src / "b_broken.png")  # fixed: the rerun keys it alone
+    assert main(["dataset", str(src), "--out", str(out)]) == 0
+    assert "1 accepted, 0 rejected now (2 already done)" in capsys.readouterr().out
