@@ -123,7 +123,12 @@ def test_shipped_keyer_is_small_says_its_data_terms_and_keys_a_soft_edge():
     head, info = load_head(KEYER_FILE)
     assert head.image_only and KEYER_FILE.stat().st_size < 5e6
     training = info["training"]
-    assert "research" in training["data_terms"] and training["subjects"]  # trained on the research-only mattes
+    # the default file has no third-party data terms; the research one says it has them
+    assert "synthetic mattes only" in training["data_terms"] and not training["subjects"]
+    research = KEYER_FILE.with_name("diffumatting_keyer_research.safetensors")
+    r_head, r_info = load_head(research)
+    assert r_head.image_only and research.stat().st_size < 5e6
+    assert "research" in r_info["training"]["data_terms"] and len(r_info["training"]["subjects"]) == 43
     img, a = _green_scene(192, 256)
     classical = key_image(img, None)
     learned = key_image(img, load_keyer())
