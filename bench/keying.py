@@ -172,21 +172,19 @@ class HeldOutKeyers:
     the cross-validated learned mode (one file per fold), or the shipped keyer on mattes it never saw."""
 
     def __init__(self, paths: list[str]):
-        from diffumatting.matting_head.refine import load_keyer
         from diffumatting.matting_head.weights import load_head
 
         self.keyers = []
         for p in paths:
-            load_keyer(p)  # refuses a decoder head
-            _, info = load_head(p)
-            self.keyers.append((p, set((info.get("training") or {}).get("subjects") or [])))
+            head, info = load_head(p)  # each file read once
+            if not head.image_only:
+                raise SystemExit(f"--keyer: {p} is a decoder matting head, not an image-only keyer")
+            self.keyers.append((head, set((info.get("training") or {}).get("subjects") or [])))
 
     def for_subject(self, name: str):
-        from diffumatting.matting_head.refine import load_keyer
-
-        for path, seen in self.keyers:
+        for head, seen in self.keyers:
             if name not in seen:
-                return load_keyer(path)
+                return head
         raise SystemExit(f"learned: every --keyer file was trained on {name}; give one that held it out "
                          "(train-head --fold I/K)")
 

@@ -57,7 +57,9 @@ def border_key(decode_fn, latent: torch.Tensor, strip: int = BORDER_STRIP) -> li
     return key_from_pixels(px)
 
 
-def _ramp(n: int, overlap: int, lead: bool, trail: bool, device) -> torch.Tensor:
+def tile_ramp(n: int, overlap: int, lead: bool, trail: bool, device) -> torch.Tensor:
+    """[n] cross-fade weights of a tile: rising over ``overlap`` px at an inner leading edge, falling at an inner
+    trailing edge, else 1."""
     w = torch.ones(n, device=device)
     if overlap > 0:
         r = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
@@ -68,7 +70,8 @@ def _ramp(n: int, overlap: int, lead: bool, trail: bool, device) -> torch.Tensor
     return w
 
 
-def _starts(total: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(total: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along a side of ``total`` px: tiles of ``tile`` px overlapping by ``overlap``, the last flush."""
     if total <= tile:
         return [0]
     step = tile - overlap
@@ -109,7 +112,7 @@ def decode_with_head(decode_fn: Callable[[torch.Tensor], torch.Tensor], spec: Ta
     dev = head.stem8.weight.device
     acc = {k: torch.zeros(B, c, H, W, device=dev) for k, c in (("image", 3), ("alpha", 1), ("fg", 3))}
     wsum = torch.zeros(1, 1, H, W, device=dev)
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     for y0 in ys:
         for x0 in xs:
             if check_interrupt:
@@ -117,8 +120,8 @@ def decode_with_head(decode_fn: Callable[[torch.Tensor], torch.Tensor], spec: Ta
             th, tw = min(tile, h), min(tile, w)
             out = _head_pass(decode_fn, spec, head, latent[..., y0:y0 + th, x0:x0 + tw], key)
             o = overlap * scale
-            wy = _ramp(th * scale, o, y0 > 0, y0 + th < h, dev)
-            wx = _ramp(tw * scale, o, x0 > 0, x0 + tw < w, dev)
+            wy = tile_ramp(th * scale, o, y0 > 0, y0 + th < h, dev)
+            wx = tile_ramp(tw * scale, o, x0 > 0, x0 + tw < w, dev)
             wt = (wy[:, None] * wx[None, :])[None, None]
             Y, X = y0 * scale, x0 * scale
             for k in acc:
@@ -133,4 +136,4 @@ def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
     """Number of head passes decode_with_head makes for a latent of h x w."""
     if tile <= 0 or (h <= tile and w <= tile):
         return 1
-    return len(_starts(h, tile, overlap)) * len(_starts(w, tile, overlap))
+    return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))

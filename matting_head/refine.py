@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .decode import tile_ramp, tile_starts
 from .network import MattingHead
 
 KEYER_FILE = Path(__file__).resolve().parents[1] / "weights" / "diffumatting_keyer.safetensors"
@@ -70,25 +71,6 @@ def resolve_keyer(mode: str = "auto", path: str | os.PathLike | None = None) -> 
         return None
 
 
-def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
-    if n <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, n - tile, step)) + [n - tile]
-    return sorted(set(starts))
-
-
-def _ramp(n: int, lo_open: bool, hi_open: bool, overlap: int, device) -> torch.Tensor:
-    """[n] weights: rising over ``overlap`` px at an inner start edge, falling at an inner end edge, else 1."""
-    w = torch.ones(n, device=device)
-    r = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
-    if lo_open:
-        w[:overlap] = torch.minimum(w[:overlap], r)
-    if hi_open:
-        w[n - overlap:] = torch.minimum(w[n - overlap:], r.flip(0))
-    return w
-
-
 def _run(head: MattingHead, rgb: torch.Tensor, prior: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """One tile: rgb [B,3,h,w], prior [B,1,h,w], key [B,3] -> alpha [B,1,h,w] (padded to a multiple of 8 inside)."""
     h, w = rgb.shape[-2:]
@@ -120,7 +102,7 @@ def refine_alpha(head: MattingHead, image: torch.Tensor, prior: torch.Tensor, ke
     if k.shape[0] != image.shape[0]:
         k = k.expand(image.shape[0], 3)
     H, W = image.shape[-2:]
-    ys, xs = _tile_starts(H, tile, overlap), _tile_starts(W, tile, overlap)
+    ys, xs = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     total = len(ys) * len(xs)
     if total == 1:
         out = _run(head, x, p, k)
@@ -132,10 +114,10 @@ def refine_alpha(head: MattingHead, image: torch.Tensor, prior: torch.Tensor, ke
     done = 0
     for y0 in ys:
         th = min(tile, H - y0)
-        wy = _ramp(th, y0 > 0, y0 + th < H, overlap, image.device)
+        wy = tile_ramp(th, overlap, y0 > 0, y0 + th < H, image.device)
         for x0 in xs:
             tw = min(tile, W - x0)
-            wx = _ramp(tw, x0 > 0, x0 + tw < W, overlap, image.device)
+            wx = tile_ramp(tw, overlap, x0 > 0, x0 + tw < W, image.device)
             wt = (wy[:, None] * wx[None, :])[None, None]
             a = _run(head, x[..., y0:y0 + th, x0:x0 + tw], p[..., y0:y0 + th, x0:x0 + tw], k)
             acc[..., y0:y0 + th, x0:x0 + tw] += a.float() * wt

@@ -94,6 +94,12 @@ def intermediate_device():
     return mm.intermediate_device()
 
 
+def compute_device():
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
 def check_interrupted() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel (call it in long loops)."""
     import comfy.model_management as mm

@@ -7,8 +7,9 @@ from comfy_api.latest import io
 
 from ..common.keycolour import AUTO, resolve_key_colours
 from ..matting_head.refine import MODES, key_image, resolve_keyer
-from .common import (category, check_interrupted, check_key_widget, intermediate_device, key_colour_options,
-                     key_socket_input, key_socket_output, progress_bar, socket_keys, to_image, to_mask, widget_key)
+from .common import (category, check_interrupted, check_key_widget, compute_device, intermediate_device,
+                     key_colour_options, key_socket_input, key_socket_output, progress_bar, socket_keys, to_image,
+                     to_mask, widget_key)
 
 CHUNK = 4  # frames keyed at a time (bounded memory for long 4K batches)
 
@@ -107,18 +108,14 @@ class DiffuMattingGreenPost(io.ComfyNode):
         model = resolve_keyer(keyer) if a is None else None  # a given alpha is kept: no keyer to run
         # the connected key, else the widget's: a KeyColour, or "auto" (estimated per chunk's image)
         keys = socket_keys(key, x.shape[0]) if key is not None else widget_key(key_colour, key_hex)
-        device = intermediate_device()
+        # the keyer runs on the compute device (the GPU when there is one); classical keying where ComfyUI keeps images
+        device = compute_device() if model is not None else intermediate_device()
         x = x.to(device)
         if grey:
             keys = "chroma_green"  # no key colour in grey: GreenPost returns it opaque whatever the key
         elif keys == AUTO and share_key_across_batch and x.shape[0] > 1:
             shared = resolve_key_colours(AUTO, x, share=True)  # one colour for all frames
             keys = shared if all(k.found for k in shared) else AUTO
-        if model is not None:  # the keyer runs on the compute device (the GPU when there is one)
-            import comfy.model_management as mm
-
-            device = mm.get_torch_device()
-            x = x.to(device)
         outs = []
         chunks = range(0, x.shape[0], CHUNK)
         bar = progress_bar(len(chunks))

@@ -204,7 +204,6 @@ def make_sample(pairs: list[Pair], cfg: TrainConfig, index: int) -> dict:
     noisy = chance(g, cfg.noise_fraction)
     noise = cfg.noise_max * uniform(g, 0.0, 1.0)
     auto = chance(g, cfg.auto_key_fraction)
-    shown = fg
     if chance(g, cfg.degrade_fraction):
         shown, canvas = spill_and_shadow(fg, a, canvas, key, g)
         image = degrade(over(shown, a, canvas), g)
@@ -294,15 +293,18 @@ class SampleMaker:
                 z[i] = z[i] + c["noise"] * z[i].std() * eps.to(z)
         rgb, taps = self.backend.decode_taps(z)
         device = rgb.device if device is None else device
-        with warnings.catch_warnings():  # a crop without a visible screen is a wanted case, not news
-            warnings.simplefilter("ignore", NoKeyColourWarning)
-            estimated = estimate_key_colours(rgb.float().cpu(), warn=False)
-        keys = [est if c["auto"] else c["key"] for c, est in zip(crops, estimated)]
-        used = torch.stack([torch.tensor(k.rgb, dtype=torch.float32) if c["auto"] else c["key"]
-                            for c, k in zip(crops, keys)])
-        prior = torch.cat([prior_alpha(rgb[i : i + 1].float(), [k] if c["auto"] else used[i].to(rgb.device),
-                                       self.cfg.head_config.get("prior", "colour_difference"))
-                           for i, (c, k) in enumerate(zip(crops, keys))])
+        kind = self.cfg.head_config.get("prior", "colour_difference")
+        auto = [i for i, c in enumerate(crops) if c["auto"]]
+        estimated = {}
+        if auto:
+            with warnings.catch_warnings():  # a crop without a visible screen is a wanted case, not news
+                warnings.simplefilter("ignore", NoKeyColourWarning)
+                estimated = dict(zip(auto, estimate_key_colours(rgb[auto].float().cpu(), warn=False)))
+        used = torch.stack([torch.tensor(estimated[i].rgb) if i in estimated else c["key"].float()
+                            for i, c in enumerate(crops)])
+        # an estimate goes in as its KeyColour (one that found no screen gives GreenPost's opaque prior)
+        prior = torch.cat([prior_alpha(rgb[i : i + 1].float(), [estimated[i]] if i in estimated else
+                                       used[i].to(rgb.device), kind) for i in range(len(crops))])
         out = []
         for i, c in enumerate(crops):
             out.append({"taps": [t[i].to(device, torch.half) for t in taps], "rgb": rgb[i].to(device, torch.half),
