@@ -7,6 +7,8 @@
     .venv/bin/python bench/keying.py --user-path [--comfyui PATH]   # as users run it: cold, default threads, CLI, node
     .venv/bin/python bench/keying.py --methods greenpost,baseline,learned --keyer f0.safetensors,...,f4.safetensors
                                                           # the learned keyer cross-validated (train-head --fold I/5)
+    .venv/bin/python bench/keying.py --methods greenpost,learned,side --keyer k0,k1,k2 --side-head s0,s1,s2
+                                                          # the side-decoder question (same folds, same images)
 
 Each subject (``<dir>/<name>/alpha.png`` + ``image.png`` or ``fg.png`` as the foreground colour) is composited in
 sRGB, ``I = a F + (1 - a) B``, over a synthetic screen in two variants, seeded from the subject's name:
@@ -16,7 +18,9 @@ sRGB, ``I = a F + (1 - a) B``, over a synthetic screen in two variants, seeded f
   JPEG quality 90.
 Methods: ``greenpost`` (default mode), ``greenpost_hq`` (high-quality switch), ``baseline`` (plain colour
 difference ``G - max(R, B)`` against the estimated screen colour, unmixing and despill, black/white points tuned
-per variant on a grid), ``learned`` (GreenPost refined by an image-only keyer, ``matting_head.refine``; each subject by
+per variant on a grid), ``side`` (the side-decoder experiment of issue 15: GreenPost refined by a decoder-taps head
+that reads the image plus TAEF2's features of its latent; ``--side-head`` files, held out per subject like
+``learned``), ``learned`` (GreenPost refined by an image-only keyer, ``matting_head.refine``; each subject by
 the first ``--keyer`` file that did not train on it, default the shipped one), ``pymatting`` (closed-form matting on an automatic trimap from the baseline key, foreground
 by multi-level estimation). Metrics (bench/metrics.py): SAD, MSE, Grad, Conn on alpha and the premultiplied
 foreground MSE, whole image. Time: median seconds per megapixel of the keyer call on the first 5 subjects, all
@@ -45,6 +49,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "mattes"
 
 
 import metrics  # noqa: E402  (bench/metrics.py; the script's folder is on sys.path)
+from heldout import HeldOutModels, subject_categories  # noqa: E402  (bench/heldout.py)
 
 # ------------------------------------------------------------------------------------------------ data + screen
 
@@ -167,40 +172,52 @@ def greenpost_keyer(img: np.ndarray, high_quality: bool = False, **options) -> t
     return res.alpha[0, 0].numpy(), res.fg[0].permute(1, 2, 0).numpy()
 
 
-class HeldOutKeyers:
-    """Keyer files -> for each subject the first keyer whose training subjects (its metadata) do not include it:
-    the cross-validated learned mode (one file per fold), or the shipped keyer on mattes it never saw."""
-
-    def __init__(self, paths: list[str]):
-        from diffumatting.matting_head.weights import load_head
-
-        self.keyers = []
-        for p in paths:
-            head, info = load_head(p)  # each file read once
-            if not head.image_only:
-                raise SystemExit(f"--keyer: {p} is a decoder matting head, not an image-only keyer")
-            self.keyers.append((head, set((info.get("training") or {}).get("subjects") or [])))
-
-    def for_subject(self, name: str):
-        for head, seen in self.keyers:
-            if name not in seen:
-                return head
-        raise SystemExit(f"learned: every --keyer file was trained on {name}; give one that held it out "
-                         "(train-head --fold I/K)")
-
-
-def learned_keyer(img: np.ndarray, keyers: HeldOutKeyers, name: str | None) -> tuple[np.ndarray, np.ndarray]:
+def learned_keyer(img: np.ndarray, keyers: HeldOutModels, name: str | None) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     from diffumatting.matting_head.refine import learned_green_post
 
-    head = keyers.for_subject(name or "")
+    head, _ = keyers.for_subject(name or "")
     t = torch.from_numpy(img).permute(2, 0, 1)[None]
     res = learned_green_post(t, head)
     return res.alpha[0, 0].numpy(), res.fg[0].permute(1, 2, 0).numpy()
 
 
-def make_methods(names: list[str], variant: str, baseline_params: dict, keyers: HeldOutKeyers | None = None) -> dict:
+_SIDE_DECODER = {}  # TAESD-family folder -> its backend, loaded once
+
+
+def side_decoder_keyer(img: np.ndarray, heads: HeldOutModels, name: str | None, taesd: str) -> tuple[np.ndarray, np.ndarray]:
+    """The side-decoder set-up of issue 15: GreenPost's alpha refined by a decoder-taps head (train-head --taesd DIR
+    --head-image original) that reads the image itself plus the tiny decoder's features of the image's latent, then
+    GreenPost with that alpha (as the learned mode does with the image-only keyer)."""
+    import torch
+    import torch.nn.functional as F
+
+    from diffumatting.greenpost import green_post
+    from diffumatting.matting_head.taesd import load_tiny_autoencoder
+    from diffumatting.trainer.head import TaesdBackend
+
+    if taesd not in _SIDE_DECODER:
+        ae = load_tiny_autoencoder(taesd)
+        _SIDE_DECODER[taesd] = TaesdBackend(ae, ae.name, head_image="original")
+    backend = _SIDE_DECODER[taesd]
+    head, _ = heads.for_subject(name or "")
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    first = green_post(t)
+    if not all(k.found and k.usable for k in first.keys):
+        return first.alpha[0, 0].numpy(), first.fg[0].permute(1, 2, 0).numpy()
+    h, w = t.shape[-2:]
+    pad = (0, -w % 16, 0, -h % 16)  # the encoder's latent grid (replicated border, cropped back below)
+    x, prior = F.pad(t, pad, mode="replicate"), F.pad(first.alpha, pad, mode="replicate")
+    with torch.no_grad():
+        _, taps = backend.decode_taps(backend.encode(x))
+        alpha = head(taps, x, prior, key=first.key_colour.float())["alpha"][..., :h, :w]
+    res = green_post(t, alpha=alpha, key_colour=first.keys)
+    return res.alpha[0, 0].numpy(), res.fg[0].permute(1, 2, 0).numpy()
+
+
+def make_methods(names: list[str], variant: str, baseline_params: dict, keyers: HeldOutModels | None = None,
+                 sides: HeldOutModels | None = None, taesd: str = "") -> dict:
     bp = baseline_params[variant]
     table = {
         "greenpost": lambda im, name=None: greenpost_keyer(im),
@@ -210,6 +227,8 @@ def make_methods(names: list[str], variant: str, baseline_params: dict, keyers: 
     }
     if keyers is not None:
         table["learned"] = lambda im, name=None: learned_keyer(im, keyers, name)
+    if sides is not None:
+        table["side"] = lambda im, name=None: side_decoder_keyer(im, sides, name, taesd)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(table)}")
@@ -229,13 +248,13 @@ def tune_baseline(subjects, shots) -> dict:
 
 
 def run_variant(subjects, variant: str, names: list[str], baseline_params: dict, repeats: int, per_subject: bool,
-                keyers=None):
+                keyers=None, sides=None, taesd: str = ""):
     shots = [synth_shot(n, fg, a, variant) for n, fg, a in subjects]
     if "tune" in baseline_params:
         baseline_params = dict(baseline_params)
         baseline_params[variant] = tune_baseline(subjects, shots)
         print(f"[{variant}] baseline tuned: {baseline_params[variant]}", flush=True)
-    methods = make_methods(names, variant, baseline_params, keyers)
+    methods = make_methods(names, variant, baseline_params, keyers, sides, taesd)
     results = {}
     for mname, fn in methods.items():  # quality: one run per subject
         fn(shots[0][:128, :128].copy(), subjects[0][0])  # warm-up: imports, JIT
@@ -265,7 +284,7 @@ def run_variant(subjects, variant: str, names: list[str], baseline_params: dict,
     return results
 
 
-def format_table(variant: str, results: dict, per_subject: bool) -> str:
+def format_table(variant: str, results: dict, per_subject: bool, categories: dict | None = None) -> str:
     keys = ["SAD", "MSE", "Grad", "Conn", "FgMSE"]
     base = results.get("baseline")
     lines = [f"### {variant} (n={len(next(iter(results.values()))['rows'])})", "",
@@ -283,8 +302,18 @@ def format_table(variant: str, results: dict, per_subject: bool) -> str:
             ratios = "- | - | - | -"
         lines.append(f"| {name} | {mean['SAD']:.2f} | {mean['MSE']:.3f} | {mean['Grad']:.2f} | {mean['Conn']:.2f} | "
                      f"{mean['FgMSE']:.3f} | {r['sec_per_mp']:.3f} | {ratios} |")
+    names = list(results)
+    rows0 = next(iter(results.values()))["rows"]
+    if categories:  # mean alpha MSE per category (SOURCES*.md of the mattes folder; unlisted subjects: "other")
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows0):
+            groups.setdefault(categories.get(row["subject"], "other"), []).append(i)
+        lines += ["", "| category | n | " + " | ".join(f"{n} MSE" for n in names) + " |",
+                  "|---|---:|" + "---:|" * len(names)]
+        for cat, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            lines.append(f"| {cat} | {len(idx)} | " + " | ".join(
+                f"{np.mean([results[n]['rows'][i]['MSE'] for i in idx]):.3f}" for n in names) + " |")
     if per_subject:
-        names = list(results)
         lines += ["", "| subject | " + " | ".join(f"{n} MSE" for n in names) + " |", "|---|" + "---:|" * len(names)]
         for i, row in enumerate(next(iter(results.values()))["rows"]):
             lines.append(f"| {row['subject']} | " + " | ".join(f"{results[n]['rows'][i]['MSE']:.3f}" for n in names) + " |")
@@ -324,6 +353,12 @@ def main(argv=None) -> int:
                     help="method 'learned': comma-separated image-only keyer files (train-head --image-only); each "
                     "subject is keyed by the first one that did not train on it (one file per --fold: cross-"
                     "validation; the shipped weights/diffumatting_keyer.safetensors on unseen mattes)")
+    ap.add_argument("--side-head", default="",
+                    help="method 'side' (the side-decoder question of issue 15): comma-separated decoder-taps heads "
+                    "trained with train-head --taesd DIR --head-image original, one per --fold; each subject by the "
+                    "first that did not train on it")
+    ap.add_argument("--taesd", type=Path, default=REPO.parent / "shared" / "data" / "models" / "taef2",
+                    help="method 'side': the tiny decoder the --side-head files were trained with (default TAEF2)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N subjects")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs on each of the first 5 subjects")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (numpy baselines are single-threaded)")
@@ -362,7 +397,13 @@ def main(argv=None) -> int:
     keyers = None
     if "learned" in names:
         paths = [p for p in args.keyer.split(",") if p] or [str(REPO / "weights" / "diffumatting_keyer.safetensors")]
-        keyers = HeldOutKeyers(paths)
+        keyers = HeldOutModels(paths, "--keyer", image_only=True)
+    sides = None
+    if "side" in names:
+        if not args.side_head:
+            raise SystemExit("method 'side' needs --side-head (train-head --taesd DIR --head-image original, one "
+                             "file per --fold)")
+        sides = HeldOutModels([p for p in args.side_head.split(",") if p], "--side-head", image_only=False)
     bp = dict(BASELINE_PARAMS)
     if args.tune_baseline:
         bp["tune"] = True
@@ -375,9 +416,11 @@ def main(argv=None) -> int:
     for group in (fast, slow):
         for v in variants:
             if group:
-                results[v].update(run_variant(subjects, v, group, bp, args.repeats, args.per_subject, keyers))
+                results[v].update(run_variant(subjects, v, group, bp, args.repeats, args.per_subject, keyers, sides,
+                                              str(args.taesd)))
+    categories = subject_categories(args.data)
     for v in variants:
-        tables.append(format_table(v, {n: results[v][n] for n in names}, args.per_subject))
+        tables.append(format_table(v, {n: results[v][n] for n in names}, args.per_subject, categories))
     print()
     print(f"Keying benchmark on {args.data} ({len(subjects)} subjects), torch threads {args.threads}")
     for t in tables:

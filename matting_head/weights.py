@@ -59,6 +59,8 @@ def save_head(path: str | os.PathLike, head: MattingHead, decoder_info: dict, tr
         "config": head.config,
         "training": training or {},
     }
+    if decoder_info.get("head_image", "decoded") != "decoded":
+        meta["head_image"] = decoder_info["head_image"]  # the side-decoder experiment's heads read the original image
     meta.update(extra or {})
     sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in head.state_dict().items()}
     check_finite(sd, f"head {os.path.basename(os.fspath(path))}")

@@ -149,12 +149,19 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
             node_id="DiffuMattingMattingHeadDecode",
             display_name="MattingHeadDecode",
             category=category("matting"),
-            description="VAE-decodes a latent and predicts matting-level alpha from the decoder's features in the "
-                        "same pass.",
+            description="VAE-decodes a latent and predicts matting-level alpha. With a decoder matting head "
+                        "(DiffuMattingLoader) the alpha comes from the decoder's features in the same pass; with no "
+                        "head connected (any VAE: SD1.5, SDXL, Flux, ...), or an image-only keyer file loaded as the "
+                        "head, the image-only keyer refines GreenPost's alpha on the decoded image. The 'method' "
+                        "output says which ran.",
             inputs=[
                 io.Latent.Input("samples", tooltip="The latent to decode (e.g. from a KSampler)."),
                 io.Vae.Input("vae", tooltip="The VAE whose decoder the head was trained on."),
-                MattingHead.Input("head", tooltip="A matting head from DiffuMattingLoader."),
+                MattingHead.Input("head", optional=True,
+                                  tooltip="Optional matting head from DiffuMattingLoader, trained for this VAE's "
+                                  "decoder. Leave it unconnected to use the bundled image-only keyer "
+                                  "(weights/diffumatting_keyer.safetensors) on the decoded image, which works with "
+                                  "every VAE."),
                 io.Combo.Input("key_colour", options=key_colour_options(custom=False),
                                default=preset_label(DEFAULT_KEY_PRESET),
                                tooltip="Canvas colour the latent was generated on (the default is GreenControl's "
@@ -180,6 +187,9 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
                                "LoadImage and JoinImageWithAlpha use."),
                 key_socket_output("The key colour of each image the head keyed with (given, connected or "
                                   "estimated), for GreenPost and SaveMattingDataset."),
+                io.String.Output(display_name="method",
+                                 tooltip="What produced the alpha: the decoder head (its file and decoder) or the "
+                                 "image-only keyer on the decoded image (its file)."),
             ],
         )
 
@@ -188,7 +198,7 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         return check_key_widget(key_colour, custom=False)
 
     @classmethod
-    def execute(cls, samples, vae, head, key_colour=DEFAULT_KEY_PRESET, tiled=False, tile_size=512, overlap=128,
+    def execute(cls, samples, vae, head=None, key_colour=DEFAULT_KEY_PRESET, tiled=False, tile_size=512, overlap=128,
                 key=None):
         import comfy.model_management as mm
 
@@ -196,8 +206,8 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         from ..matting_head.taps import tap_spec
         from ..matting_head.weights import check_compatible
 
-        if not isinstance(head, LoadedHead):
-            raise ValueError("head: expected a matting head from DiffuMattingLoader")
+        if head is not None and not isinstance(head, LoadedHead):
+            raise ValueError("head: expected a matting head from DiffuMattingLoader (or nothing: the image-only keyer)")
         z = samples["samples"] if isinstance(samples, dict) else samples
         if not isinstance(z, torch.Tensor) or z.ndim != 4:
             raise ValueError(f"samples: expected an image latent [B,C,h,w], got "
@@ -206,6 +216,10 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
             raise ValueError(f"samples: the latent is empty (shape {tuple(z.shape)}); connect a latent with at least "
                              "one image")
         _check_latent_values(z)
+        if tiled and overlap >= tile_size:
+            raise ValueError(f"overlap: must be smaller than tile_size ({tile_size} px), got {overlap} px")
+        if head is None or head.head.image_only:
+            return _decode_then_key(z, vae, head, key_colour, key, tiled, tile_size, overlap)
         spec = tap_spec(vae.first_stage_model)
         check_compatible(head.info, spec.info())
         keys = socket_keys(key, z.shape[0]) if key is not None else widget_key(key_colour)
@@ -249,7 +263,46 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
         image = torch.cat(outs["image"]).movedim(1, -1).contiguous()
         fg = torch.cat(outs["fg"]).movedim(1, -1).contiguous()
         alpha = torch.cat(outs["alpha"])[:, 0].contiguous()
-        return io.NodeOutput(image, alpha, fg, 1.0 - alpha, tuple(used))
+        method = f"decoder head {head.name} (decoder {head.info.get('decoder_name') or head.info.get('decoder_family')})"
+        return io.NodeOutput(image, alpha, fg, 1.0 - alpha, tuple(used), method)
+
+
+def _decode_then_key(z, vae, head, key_colour, key, tiled: bool, tile_size: int, overlap: int) -> io.NodeOutput:
+    """The image-only path of MattingHeadDecode: the VAE's own decode (any VAE ComfyUI loads), then the learned keyer
+    (the connected image-only head, or the bundled one) refining GreenPost's alpha on the decoded image, one image at
+    a time on the compute device."""
+    from ..matting_head.refine import KEYER_FILE, learned_green_post, load_keyer
+    from .common import compute_device
+
+    keyer = head.head if head is not None else load_keyer()  # ValueError naming the file when it is unusable
+    name = head.name if head is not None else KEYER_FILE.name
+    if tiled:
+        scale = vae.spacial_compression_decode()
+        image = vae.decode_tiled(z, tile_x=max(1, tile_size // scale), tile_y=max(1, tile_size // scale),
+                                 overlap=overlap // scale)
+    else:
+        image = vae.decode(z)
+    image = image.reshape(-1, *image.shape[-3:])[..., :3].float()  # video VAEs: frames as a batch
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("samples: decoding this latent gives NaN or infinite pixels (its values are out of range for "
+                         "this VAE)")
+    keys = socket_keys(key, image.shape[0]) if key is not None else widget_key(key_colour)
+    device = compute_device()
+    pbar = progress_bar(image.shape[0])
+    fgs, alphas, used = [], [], []
+    for i in range(image.shape[0]):
+        check_interrupted()
+        ki = keys[i] if isinstance(keys, list) else keys
+        x = image[i : i + 1].movedim(-1, 1).clamp(0, 1).to(device)
+        res = learned_green_post(x, keyer, key_colour=ki, on_tile=lambda done, total: check_interrupted())
+        fgs.append(res.fg.float().to(intermediate_device()))
+        alphas.append(res.alpha.float().to(intermediate_device()))
+        used.extend(res.keys)
+        pbar.update(1)
+    fg = torch.cat(fgs).movedim(1, -1).contiguous()
+    alpha = torch.cat(alphas)[:, 0].contiguous()
+    method = f"image-only keyer {name} on the VAE's decoded image"
+    return io.NodeOutput(image.to(intermediate_device()).contiguous(), alpha, fg, 1.0 - alpha, tuple(used), method)
 
 
 NODES = [DiffuMattingLoader, DiffuMattingMattingHeadDecode]

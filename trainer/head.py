@@ -121,16 +121,30 @@ class TrainConfig:
         check_loss_weights(self.loss_weights)
 
 
-class TaesdBackend:
-    """A TAESD-family autoencoder as a training/benchmark backend (images [0,1], latents raw)."""
+HEAD_IMAGES = ("decoded", "original")
 
-    def __init__(self, ae, name: str = "taesd"):
+
+class TaesdBackend:
+    """A TAESD-family autoencoder as a training/benchmark backend (images [0,1], latents raw).
+
+    ``head_image``: which image the head reads beside the decoder's taps: "decoded" (the tiny decoder's own output,
+    as MattingHeadDecode with that decoder gives it) or "original" (the composite itself, standing in for a full
+    VAE's near-lossless decode while the tiny decoder runs beside it on the same latent only for its features: the
+    side-decoder set-up of issue 15)."""
+
+    def __init__(self, ae, name: str = "taesd", head_image: str = "decoded"):
+        if head_image not in HEAD_IMAGES:
+            raise ConfigError("head_image", f"expected one of {', '.join(HEAD_IMAGES)}, got {head_image!r}")
         self.ae = ae
         self.spec = tap_spec(ae.decoder)
         self.name = name
+        self.head_image = head_image
 
     def info(self) -> dict:
-        return {**self.spec.info(), "name": self.name}
+        info = {**self.spec.info(), "name": self.name}
+        if self.head_image != "decoded":
+            info["head_image"] = self.head_image
+        return info
 
     @property
     def device(self) -> torch.device:
@@ -292,6 +306,8 @@ class SampleMaker:
                 eps = torch.randn(z[i].shape, generator=torch.Generator().manual_seed(c["noise_seed"]))
                 z[i] = z[i] + c["noise"] * z[i].std() * eps.to(z)
         rgb, taps = self.backend.decode_taps(z)
+        if getattr(self.backend, "head_image", "decoded") == "original":
+            rgb = image.to(rgb)  # the head reads the composite itself; the decoder gave only its taps
         device = rgb.device if device is None else device
         kind = self.cfg.head_config.get("prior", "colour_difference")
         auto = [i for i, c in enumerate(crops) if c["auto"]]
@@ -401,14 +417,18 @@ def ckpt_path(cfg: TrainConfig) -> str:
 
 
 def _decoder_record(info: dict) -> dict:
-    return {k: info.get(k) for k in ("family", "name", "latent_channels", "taps", "tap_channels", "fingerprint")}
+    rec = {k: info.get(k) for k in ("family", "name", "latent_channels", "taps", "tap_channels", "fingerprint")}
+    if info.get("head_image", "decoded") != "decoded":
+        rec["head_image"] = info["head_image"]  # only when set: older checkpoints stay resumable
+    return rec
 
 
 def _check_resume(path: str, saved: dict, info: dict, head: MattingHead) -> None:
     hint = "pass --no-resume or delete it (or use another --out)"
     dec, now = saved.get("decoder") or {}, _decoder_record(info)
     for key, what in (("family", "decoder family"), ("latent_channels", "latent channels"),
-                      ("tap_channels", "decoder tap widths"), ("fingerprint", "decoder weights (fingerprint)")):
+                      ("tap_channels", "decoder tap widths"), ("fingerprint", "decoder weights (fingerprint)"),
+                      ("head_image", "image the head reads")):
         if dec.get(key) != now.get(key):
             raise checkpoint.CheckpointError(
                 f"resume: {path} was made for another decoder ({dec.get('name') or '?'}: {what} {dec.get(key)!r}, "

@@ -22,6 +22,8 @@ def prepare_eval(backend, pairs: list[Pair], realistic: bool = False, key=PURE_G
         image = over(fg, a, canvas)[None]
         z = backend.encode(image)
         rgb, taps = backend.decode_taps(z)
+        if getattr(backend, "head_image", "decoded") == "original":
+            rgb = image.to(rgb)  # side-decoder set-up: the head reads the composite, the decoder gives its taps
         out.append({"name": p.name, "rgb": rgb, "taps": [t.half() for t in taps] if keep_taps and taps else None,
                     "alpha": a[None], "key": torch.as_tensor(key, dtype=torch.float32)[None], "image": image,
                     "latent": z})

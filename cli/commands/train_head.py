@@ -57,6 +57,10 @@ def register(subparsers) -> None:
                    "prior are kept, --prior is ignored")
     p.add_argument("--loss-weights", default="", metavar="TERM=W,...",
                    help="override loss weights, e.g. l2=16,grad=0 (terms: l1, l2 (MSE), lap, grad, comp, fg)")
+    p.add_argument("--head-image", choices=("decoded", "original"), default="decoded",
+                   help="with --taesd: the image the head reads beside the decoder's features: the tiny decoder's "
+                   "own output (default) or the original composite (the side-decoder experiment: a full VAE's "
+                   "near-lossless decode stood in by the composite, the tiny decoder run only for its features)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-monitor", action="store_true", help="do not evaluate the held-out subjects at checkpoints")
     p.add_argument("--no-progress", action="store_true")
@@ -160,6 +164,9 @@ def run(args) -> int:
         raise CLIError(f"--{exc}") from exc  # the message starts with "device"
     if args.init and not os.path.isfile(args.init):
         raise CLIError(f"--init: {args.init} does not exist")
+    if args.head_image != "decoded" and not args.taesd:
+        raise CLIError("--head-image: only with --taesd (the image-only keyer reads the image anyway; --vae decodes "
+                       "with the full VAE)")
     holdout = [s for s in args.holdout.split(",") if s]
     fold = parse_fold(args.fold)
     if fold is not None and not args.data:
@@ -189,7 +196,7 @@ def run(args) -> int:
             ae = load_tiny_autoencoder(args.taesd)
             if ae.encoder is None:
                 raise CLIError(f"--taesd: {args.taesd} has no encoder weights (training needs both halves)")
-            backend = TaesdBackend(ae, name=ae.name)
+            backend = TaesdBackend(ae, name=ae.name, head_image=args.head_image)
         else:
             backend = _comfy_backend(args.vae)
         loaded = [p for d in args.data for p in load_pairs(d)]
