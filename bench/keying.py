@@ -54,8 +54,9 @@ from heldout import HeldOutModels, subject_categories  # noqa: E402  (bench/held
 # ------------------------------------------------------------------------------------------------ data + screen
 
 
-def load_subjects(data_dir: Path, limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """-> [(name, fg HxWx3 float32 [0,1], alpha HxW float32 [0,1])] sorted by name."""
+def load_subjects(data_dir: Path, limit: int | None = None, max_side: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """-> [(name, fg HxWx3 float32 [0,1], alpha HxW float32 [0,1])] sorted by name; with ``max_side``, subjects
+    larger than that are downscaled (area filter) to it on their long side."""
     import cv2
 
     out = []
@@ -66,6 +67,11 @@ def load_subjects(data_dir: Path, limit: int | None = None) -> list[tuple[str, n
         fg = cv2.imread(str(colour), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
         if fg.shape[:2] != a.shape:
             raise ValueError(f"{d.name}: colour {fg.shape[:2]} and alpha {a.shape} differ in size")
+        scale = max_side / max(a.shape) if max_side else 1.0
+        if scale < 1:
+            size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
+            fg = cv2.resize(fg, size, interpolation=cv2.INTER_AREA)
+            a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
         out.append((d.name, np.ascontiguousarray(fg), a))
         if limit and len(out) >= limit:
             break
@@ -359,6 +365,9 @@ def main(argv=None) -> int:
                     "first that did not train on it")
     ap.add_argument("--taesd", type=Path, default=REPO.parent / "shared" / "data" / "models" / "taef2",
                     help="method 'side': the tiny decoder the --side-head files were trained with (default TAEF2)")
+    ap.add_argument("--max-side", type=int, default=0, metavar="PX",
+                    help="downscale subjects larger than this (long side, area filter) before compositing: a cheaper "
+                    "run (e.g. method 'side', whose tiny decoder costs about a minute per megapixel on a CPU)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N subjects")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs on each of the first 5 subjects")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (numpy baselines are single-threaded)")
@@ -388,7 +397,7 @@ def main(argv=None) -> int:
     if not args.data.is_dir():
         print(f"error: no mattes folder at {args.data} (pass --data)", file=sys.stderr)
         return 2
-    subjects = load_subjects(args.data, args.limit)
+    subjects = load_subjects(args.data, args.limit, args.max_side)
     if args.user_path:
         import keying_userpath
 
@@ -422,7 +431,8 @@ def main(argv=None) -> int:
     for v in variants:
         tables.append(format_table(v, {n: results[v][n] for n in names}, args.per_subject, categories))
     print()
-    print(f"Keying benchmark on {args.data} ({len(subjects)} subjects), torch threads {args.threads}")
+    scaled = f", subjects downscaled to at most {args.max_side} px" if args.max_side else ""
+    print(f"Keying benchmark on {args.data} ({len(subjects)} subjects{scaled}), torch threads {args.threads}")
     for t in tables:
         print()
         print(t)

@@ -21,6 +21,7 @@ class LoadedImage:
     alpha: torch.Tensor | None  # [1,H,W] float32 in [0,1] (1 = opaque) when the file has an alpha channel
     bit_depth: int  # 8 or 16
     source_mode: str  # "gray", "rgb", "gray+alpha", "rgba", "palette"
+    clipped: bool = False  # a float file (TIFF) held values outside [0, 1], clipped to it
 
 
 # ------------------------------------------------------------------------------------------------ EXIF orientation
@@ -188,14 +189,24 @@ def load_image(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: in
         rgb, alpha, mode = img[:, :, ::-1], None, "rgb"
     elif channels == 4:
         rgb, alpha, mode = img[:, :, 2::-1], img[:, :, 3], "rgba"
+        if _png_colour_type(head) == 4:  # OpenCV expands a grey + alpha (LA) PNG to BGRA: it is still greyscale
+            mode = "gray+alpha"
     else:
         raise ValueError(f"{path}: {channels} channels (expected 1 to 4)")
+    clipped = depth == 32 and bool(img.min() < 0 or img.max() > 1)
     h, w = rgb.shape[:2]
     if min(h, w) < min_size:
         raise ValueError(f"{path}: image is {w}x{h} px; at least {min_size}x{min_size} px is needed")
     rgb_t = torch.from_numpy(np.ascontiguousarray(np.clip(rgb, 0, 1))).permute(2, 0, 1).contiguous()
     alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(np.clip(alpha, 0, 1)))[None]
-    return LoadedImage(rgb_t, alpha_t, min(depth, 16), mode)
+    return LoadedImage(rgb_t, alpha_t, min(depth, 16), mode, clipped)
+
+
+def _png_colour_type(head: bytes) -> int | None:
+    """PNG bytes -> the IHDR colour type (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA); None for other files."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) > 25:
+        return head[25]
+    return None
 
 
 def _check_pixels(path: str, width: int, height: int, max_pixels: int, reason: str) -> None:

@@ -88,6 +88,10 @@ class DiffuMattingSaveRGBA(io.ComfyNode):
 
         if format not in FORMATS:
             raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
+        if not isinstance(filename_prefix, str) or not os.path.basename(filename_prefix.strip()).strip(" ."):
+            # ComfyUI would name the files "._00001_.png": hidden, and easily mistaken for macOS metadata
+            raise ValueError(f"filename_prefix: expected a file name prefix such as 'DiffuMatting/rgba', got "
+                             f"{filename_prefix!r} (no file name in it)")
         colour, a = _broadcast(*split_fg_alpha(fg, alpha))  # empty batches and NaN refused before any file exists
         h, w = colour.shape[-2:]
         output_dir = folder_paths.get_output_directory()

@@ -46,11 +46,34 @@ def memory_limit() -> tuple[int | None, str]:
     from ...greenpost.core import KEYING_BYTES_PER_PIXEL, available_memory
 
     avail = available_memory("cpu")
-    if avail is None:
+    space = address_space_left()
+    if avail is None and space is None:
         return None, ""
     per_px = KEYING_BYTES_PER_PIXEL + LOAD_BYTES_PER_PIXEL
+    if space is not None and (avail is None or space < avail):
+        # a `ulimit -v` (RLIMIT_AS) below the free memory: an image the free memory allows would still fail with
+        # an allocation error in the middle of the keying (#19 K7, run as the report ran it)
+        return space // per_px, (f" that the {space / 1e9:.1f} GB of address space left under this process's "
+                                 f"limit (ulimit -v) allows for keying (about {per_px} bytes per pixel); "
+                                 "downscale or crop it")
     return avail // per_px, (f" that {avail / 1e9:.1f} GB of free memory allows for keying (about {per_px} bytes per "
                              "pixel); downscale or crop it")
+
+
+def address_space_left() -> int | None:
+    """Bytes this process may still map under its RLIMIT_AS (``ulimit -v``), or None when there is no limit or it
+    cannot be told (not POSIX, no /proc)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+    return max(0, soft - used)
 
 
 def output_names(files: list[str], suffix: str) -> list[str]:
@@ -130,6 +153,8 @@ def run(args) -> int:
                 notes.append("its alpha channel is ignored (use --keep-input-alpha to keep it)")
         if img.source_mode in ("gray", "gray+alpha"):
             notes.append("greyscale: no key colour, result is opaque")
+        if img.clipped:
+            notes.append("it holds values outside [0, 1] (a float / HDR file); they were clipped to [0, 1]")
         key = shared if shared is not None and shared.found else (given_key or AUTO)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NoKeyColourWarning)

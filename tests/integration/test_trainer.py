@@ -267,7 +267,8 @@ def test_cli_trains_one_step_on_full_size_checkpoint(comfy, random_sd15_checkpoi
 
 
 def test_unloadable_checkpoint_files_are_one_line_errors(comfy, tmp_path):
-    """#19 T1-T3 with ComfyUI's own loader: a pickle .ckpt, a text file named .safetensors, a truncated file."""
+    """#19 report T1 (a pickle .ckpt), report T2 (a text file named .safetensors), report T3 (a truncated file),
+    with ComfyUI's own loader: one line naming --checkpoint each."""
     import pickle
 
     from safetensors.torch import save_file
