@@ -142,6 +142,25 @@ def start_comfyui(path: str | os.PathLike | None = None, cpu: bool | None = None
     return ns
 
 
+_LOADED_PACKS: set[str] = set()
+
+
+def load_node_packs(ns, paths, what: str = "--custom-nodes") -> None:
+    """Load ComfyUI node packs (folders or .py files) with ComfyUI's own loader, once each; nodes already registered
+    are kept. ``ComfyUIError`` (a ValueError) naming ``what`` when a pack is missing or fails to import."""
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in _LOADED_PACKS:
+            continue
+        if not (os.path.isdir(real) and os.path.isfile(os.path.join(real, "__init__.py"))) and \
+                not (os.path.isfile(real) and real.endswith(".py")):
+            raise ComfyUIError(f"{what}: {path} is not a ComfyUI node pack (a folder with __init__.py, or a .py "
+                             "file)")
+        if not asyncio.run(ns.nodes.load_custom_node(real, ignore=set(ns.node_classes))):
+            raise ComfyUIError(f"{what}: ComfyUI could not import {path} (its traceback is in ComfyUI's log)")
+        _LOADED_PACKS.add(real)
+
+
 class _NoServer:
     """What PromptExecutor needs of PromptServer when no server runs; keeps the messages it was sent."""
 

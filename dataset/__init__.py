@@ -5,10 +5,12 @@ from .lock import DatasetLockedError
 from .quality import QualityThresholds, gate, quality_scores
 from .rgba_io import encode_rgba_png, read_webm_rgba, write_webm_rgba
 from .trimap import MAX_TRIMAP_RADIUS, make_trimap
-from .writer import FOLDERS, METADATA, REJECTED, MattingDatasetWriter, SampleResult, check_trimap_radius, open_writer
+from .writer import (FAILED, FOLDERS, METADATA, REJECTED, MattingDatasetWriter, PreparedSample, SampleCapture,
+                     SampleResult, capture_samples, check_trimap_radius, open_writer, prepare_sample)
 
 __all__ = [
-    "FOLDERS", "MAX_TRIMAP_RADIUS", "METADATA", "REJECTED", "DatasetLockedError", "MattingDatasetWriter",
-    "QualityThresholds", "SampleResult", "check_trimap_radius", "encode_rgba_png", "gate", "make_trimap",
-    "open_writer", "quality_scores", "read_webm_rgba", "write_webm_rgba",
+    "FAILED", "FOLDERS", "MAX_TRIMAP_RADIUS", "METADATA", "REJECTED", "DatasetLockedError", "MattingDatasetWriter",
+    "PreparedSample", "QualityThresholds", "SampleCapture", "SampleResult", "capture_samples", "check_trimap_radius",
+    "encode_rgba_png", "gate", "make_trimap", "open_writer", "prepare_sample", "quality_scores", "read_webm_rgba",
+    "write_webm_rgba",
 ]

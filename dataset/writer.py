@@ -17,11 +17,21 @@ On open (holding the lock), :meth:`MattingDatasetWriter.recover` cuts off a torn
 killed append), deletes the destination files of every pending sample that has no row (roll back), and clears
 ``.staging``; so a killed run never leaves a partial sample. A bad row anywhere else is an error naming the file
 and line, and nothing is changed. Rejected samples (quality gate) are not written; their row goes to
-``rejected.jsonl`` so a resumed run counts them and does not redo them.
+``rejected.jsonl`` so a resumed run counts them and does not redo them. Samples a generator could not make at all
+(the data factory gave up after its retries) are recorded in ``failed.jsonl`` (``name``, ``reason``, ``attempts`` and
+the sample's plan: ``prompt``, ``seed``, ``index``) so a resumed run skips them too; ``failed.jsonl`` is an added file
+(older readers ignore it) and deleting a line of it lets the factory retry that sample.
+
+Preparing and committing are two steps (:func:`prepare_sample`: score, gate, encode the files, in memory;
+:meth:`MattingDatasetWriter.commit_prepared`: the commit protocol above), so a sample can be prepared in another
+process (a data-factory worker) and committed by the one writer. In such a process, :func:`capture_samples` stands in
+for the folder's writer: whatever :func:`open_writer` users (the SaveMattingDataset node) write to that folder is
+prepared and kept in memory, and nothing is written to the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,12 +42,13 @@ import tempfile
 import threading
 import types
 import weakref
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from ..common.files import atomic_write_text, fsync_dir
-from ..common.images import save_png
+from ..common.files import atomic_write_bytes, atomic_write_text, fsync_dir
+from ..common.images import encode_png
 from ..common.keycolour import KeyColour, parse_key_colour
 from .lock import LOCK_NAME, DatasetLockedError, FolderLock
 from .quality import QualityThresholds, gate, quality_scores
@@ -46,6 +57,7 @@ from .trimap import MAX_TRIMAP_RADIUS, make_trimap
 FOLDERS = ("image", "fg", "alpha", "trimap", "caption")
 METADATA = "metadata.jsonl"
 REJECTED = "rejected.jsonl"
+FAILED = "failed.jsonl"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
 
 @dataclass
@@ -54,6 +66,23 @@ class SampleResult:
     accepted: bool
     reasons: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedSample:
+    """A scored sample ready to commit: its row and (if accepted) its encoded files; plain data, picklable."""
+
+    name: str
+    accepted: bool
+    reasons: list[str]
+    scores: dict[str, float]
+    row: dict
+    files: dict[str, bytes]  # path relative to the data-set folder -> file bytes (empty when rejected)
+    thresholds: dict  # the gate's thresholds it was scored with (``QualityThresholds`` fields), for stats.json
+
+    @property
+    def result(self) -> SampleResult:
+        return SampleResult(self.name, self.accepted, list(self.reasons), dict(self.scores))
 
 
 def _read_rows(path: str, repair: bool) -> list[dict]:
@@ -125,12 +154,15 @@ def _process_registry():
         reg.writers = weakref.WeakValueDictionary()
         reg.mutex = threading.RLock()
         reg = sys.modules.setdefault(_REGISTRY, reg)
+    if not hasattr(reg, "captures"):
+        reg.captures = {}  # folder real path -> SampleCapture (capture_samples); wins over a writer of that folder
     return reg
 
 
 _REGISTRY = "_diffumatting_dataset_writers"
 _OPEN = _process_registry().writers
 _OPEN_MUTEX = _process_registry().mutex
+_CAPTURES = _process_registry().captures
 
 
 def open_writer(root: str | os.PathLike, **settings) -> "MattingDatasetWriter":
@@ -139,9 +171,13 @@ def open_writer(root: str | os.PathLike, **settings) -> "MattingDatasetWriter":
     Every call must be paired with a :meth:`MattingDatasetWriter.close` (or use it as a context manager); the
     folder is unlocked when the last user closes it. A shared writer keeps the settings it was opened with: pass
     per-sample settings to :meth:`MattingDatasetWriter.write`. :class:`DatasetLockedError` if another process holds
-    the folder; ``ValueError`` if the folder cannot be used.
+    the folder; ``ValueError`` if the folder cannot be used. While :func:`capture_samples` holds ``root`` in this
+    process, its capture is returned instead (nothing is written to the folder).
     """
     with _OPEN_MUTEX:
+        capture = _CAPTURES.get(_realpath(root))
+        if capture is not None:
+            return capture
         writer = _OPEN.get(_realpath(root))
         if writer is not None and not writer.closed:
             writer._refs += 1
@@ -154,6 +190,144 @@ def check_trimap_radius(radius, name: str = "trimap_radius") -> int:
     if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= MAX_TRIMAP_RADIUS:
         raise ValueError(f"{name}: expected a whole number of pixels in 0..{MAX_TRIMAP_RADIUS}, got {radius!r}")
     return radius
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"name: {name!r} must be 1-121 characters of letters, digits, '_', '-', '.'")
+
+
+def prepare_sample(name: str, image: torch.Tensor, fg: torch.Tensor, alpha: torch.Tensor, key_colour,
+                   caption: str = "", meta: dict | None = None, *, alpha_bits: int = 8,
+                   thresholds: QualityThresholds | None = None, trimap_radius: int = 10,
+                   gate_enabled: bool = True) -> PreparedSample:
+    """image [3,H,W] (green), fg [3,H,W] straight, alpha [1,H,W] (1 = opaque) in [0,1], key_colour -> PreparedSample
+    (scores, gate verdict, row, and for an accepted sample its PNGs/caption encoded in memory); writes nothing."""
+    if alpha_bits not in (8, 16):
+        raise ValueError(f"alpha_bits: expected 8 or 16, got {alpha_bits}")
+    _check_name(name)
+    thresholds = (thresholds or QualityThresholds()).checked()
+    trimap_radius = check_trimap_radius(trimap_radius)
+    for arg, t, c in (("image", image, 3), ("fg", fg, 3), ("alpha", alpha, 1)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 3 or t.shape[0] != c:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{arg}: expected a [{c},H,W] tensor, got {shape}")
+    if not (image.shape[1:] == fg.shape[1:] == alpha.shape[1:]):
+        raise ValueError(f"image {tuple(image.shape)}, fg {tuple(fg.shape)}, alpha {tuple(alpha.shape)}: sizes differ")
+    for arg, t in (("image", image), ("fg", fg), ("alpha", alpha)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{arg}: contains NaN or infinite values")
+    image, fg, alpha = image.detach().float().cpu(), fg.detach().float().cpu(), alpha.detach().float().cpu()
+    if isinstance(key_colour, torch.Tensor):
+        key_colour = key_colour.detach().float().cpu().reshape(-1)
+    elif not isinstance(key_colour, KeyColour) and all(hasattr(key_colour, a) for a in ("rgb", "source", "preset")):
+        # a KeyColour of the pack's other import (ComfyUI's copy of it, when the CLI shares its writer)
+        key_colour = KeyColour(tuple(key_colour.rgb), key_colour.source, key_colour.preset)
+    key = parse_key_colour(key_colour, "key_colour")
+    scores = quality_scores(fg[None], alpha[None], key, thresholds)[0]
+    reasons = gate(scores, thresholds) if gate_enabled else []
+    row = {
+        **(meta or {}),
+        "name": name,
+        "caption": caption,
+        "key_colour": key.hex,
+        "key_source": key.source,
+        "key_label": key.label,
+        **({"key_preset": key.preset} if key.preset else {}),
+        "width": int(image.shape[-1]),
+        "height": int(image.shape[-2]),
+        "scores": {k: round(v, 6) for k, v in scores.items()},
+    }
+    # plain values only (the caller may be ComfyUI's import of the pack, and the sample may travel to another process)
+    limits = {f.name: getattr(thresholds, f.name) for f in fields(QualityThresholds)}
+    scores = {k: float(v) for k, v in scores.items()}
+    if reasons:
+        row["reasons"] = list(reasons)
+        return PreparedSample(name, False, list(reasons), scores, row, {}, limits)
+    paths = {key_: f"{key_}/{name}.{'txt' if key_ == 'caption' else 'png'}" for key_ in FOLDERS}
+    row["files"] = paths
+    files = {
+        paths["image"]: encode_png(image, None, bits=8),
+        paths["fg"]: encode_png(fg, None, bits=8),
+        paths["alpha"]: encode_png(None, alpha, bits=alpha_bits),
+        paths["trimap"]: encode_png(None, make_trimap(alpha[None], radius=trimap_radius)[0], bits=8),
+        paths["caption"]: (caption + "\n").encode("utf-8"),
+    }
+    return PreparedSample(name, True, [], scores, row, files, limits)
+
+
+class SampleCapture:
+    """Stands in for a data-set folder's writer in a process that must not write it (see :func:`capture_samples`):
+    samples written to it are prepared (:func:`prepare_sample`) and kept in :attr:`samples`, in order."""
+
+    def __init__(self, root: str | os.PathLike, alpha_bits: int = 8, thresholds: QualityThresholds | None = None,
+                 trimap_radius: int = 10, gate_enabled: bool = True):
+        self.root = _realpath(root)
+        self.alpha_bits, self.thresholds = alpha_bits, (thresholds or QualityThresholds()).checked()
+        self.trimap_radius, self.gate_enabled = trimap_radius, gate_enabled
+        self.samples: list[PreparedSample] = []
+        self.closed = False
+
+    def __contains__(self, name: str) -> bool:
+        return any(p.name == name for p in self.samples)
+
+    @property
+    def names(self) -> set[str]:
+        return {p.name for p in self.samples}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        accepted = sum(p.accepted for p in self.samples)
+        return {"accepted": accepted, "rejected": len(self.samples) - accepted}
+
+    def next_index(self, prefix: str) -> int:
+        pat = re.compile(re.escape(prefix) + r"_(\d+)$")
+        return max((int(m.group(1)) for n in self.names if (m := pat.match(n))), default=-1) + 1
+
+    def write(self, name, image, fg, alpha, key_colour, caption: str = "", meta: dict | None = None, *,
+              alpha_bits=None, thresholds=None, trimap_radius=None, gate_enabled=None) -> SampleResult:
+        """Same contract as :meth:`MattingDatasetWriter.write`; the sample is kept here instead of written."""
+        if name in self:
+            raise ValueError(f"name: sample {name!r} was already written in this run")
+        prepared = prepare_sample(
+            name, image, fg, alpha, key_colour, caption, meta,
+            alpha_bits=self.alpha_bits if alpha_bits is None else alpha_bits,
+            thresholds=self.thresholds if thresholds is None else thresholds,
+            trimap_radius=self.trimap_radius if trimap_radius is None else trimap_radius,
+            gate_enabled=self.gate_enabled if gate_enabled is None else gate_enabled)
+        self.samples.append(prepared)
+        return prepared.result
+
+    def write_stats(self, thresholds: QualityThresholds | None = None) -> dict:
+        """The captured counts (nothing is written: the committing writer keeps ``stats.json``)."""
+        return {"counts": self.counts, "thresholds": asdict((thresholds or self.thresholds))}
+
+    def close(self) -> None:
+        """Nothing to release (the capture stays registered until :func:`capture_samples` ends)."""
+
+    def __enter__(self) -> "SampleCapture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def capture_samples(root: str | os.PathLike) -> Iterator[SampleCapture]:
+    """While open, :func:`open_writer` of ``root`` in this process returns one :class:`SampleCapture` (this one):
+    samples are prepared and kept in memory, nothing is written to ``root``. ``ValueError`` if ``root`` is already
+    being captured."""
+    capture = SampleCapture(root)
+    with _OPEN_MUTEX:
+        if capture.root in _CAPTURES:
+            raise ValueError(f"{capture.root}: samples of this folder are already being captured in this process")
+        _CAPTURES[capture.root] = capture
+    try:
+        yield capture
+    finally:
+        with _OPEN_MUTEX:
+            _CAPTURES.pop(capture.root, None)
+            capture.closed = True
 
 
 class MattingDatasetWriter:
@@ -176,6 +350,7 @@ class MattingDatasetWriter:
         self.root = _realpath(root)
         self.committed: dict[str, dict] = {}
         self.rejected: dict[str, dict] = {}
+        self.failed: dict[str, dict] = {}
         self._lock: FolderLock | None = None
         self._refs = 0
         self._mutex = threading.RLock()
@@ -268,17 +443,17 @@ class MattingDatasetWriter:
         """Roll back samples a killed run left uncommitted; returns their names. Loads committed/rejected names.
 
         Runs only while this writer holds the folder's lock (it does on open). ``ValueError`` naming the file and
-        line if ``metadata.jsonl`` / ``rejected.jsonl`` hold a bad row other than a torn last one (nothing changed).
+        line if ``metadata.jsonl`` / ``rejected.jsonl`` / ``failed.jsonl`` hold a bad row other than a torn last one (nothing changed).
         """
         self._check_open()
         with self._mutex:
-            meta_path, rej_path = os.path.join(self.root, METADATA), os.path.join(self.root, REJECTED)
-            _read_rows(meta_path, repair=False)  # both files checked before anything is changed
-            _read_rows(rej_path, repair=False)
-            rows = _read_rows(meta_path, repair=True)
-            rejected = _read_rows(rej_path, repair=True)
+            paths = [os.path.join(self.root, f) for f in (METADATA, REJECTED, FAILED)]
+            for path in paths:  # every file checked before anything is changed
+                _read_rows(path, repair=False)
+            rows, rejected, failed = (_read_rows(path, repair=True) for path in paths)
             self.committed = {r["name"]: r for r in rows if "name" in r}
             self.rejected = {r["name"]: r for r in rejected if "name" in r}
+            self.failed = {r["name"]: r for r in failed if "name" in r}
             rolled_back = []
             pending_dir = os.path.join(self.root, ".pending")
             if os.path.isdir(pending_dir):
@@ -303,12 +478,12 @@ class MattingDatasetWriter:
             return rolled_back
 
     def __contains__(self, name: str) -> bool:
-        return name in self.committed or name in self.rejected
+        return name in self.committed or name in self.rejected or name in self.failed
 
     @property
     def names(self) -> set[str]:
-        """Every sample name in the data set, committed or rejected."""
-        return set(self.committed) | set(self.rejected)
+        """Every sample name in the data set, committed, rejected or failed."""
+        return set(self.committed) | set(self.rejected) | set(self.failed)
 
     def rows(self):
         """Every row, committed then rejected (dicts as stored)."""
@@ -316,17 +491,19 @@ class MattingDatasetWriter:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Accepted / rejected totals and rejections per reason."""
+        """Accepted / rejected totals, rejections per reason, and ``failed`` (only when some sample failed)."""
         out = {"accepted": len(self.committed), "rejected": len(self.rejected)}
         for row in self.rejected.values():
             for reason in row.get("reasons", []):
                 out[f"rejected_{reason}"] = out.get(f"rejected_{reason}", 0) + 1
+        if self.failed:
+            out["failed"] = len(self.failed)
         return out
 
     def next_index(self, prefix: str) -> int:
         """First free ``n`` such that ``{prefix}_{n:06d}`` is neither committed nor rejected."""
         pat = re.compile(re.escape(prefix) + r"_(\d+)$")
-        used = [int(m.group(1)) for n in (*self.committed, *self.rejected) if (m := pat.match(n))]
+        used = [int(m.group(1)) for n in self.names if (m := pat.match(n))]
         return max(used, default=-1) + 1
 
     # -- writing -----------------------------------------------------------------------------------------------
@@ -351,77 +528,53 @@ class MattingDatasetWriter:
 
     def _write(self, name, image, fg, alpha, key_colour, caption, meta, alpha_bits, thresholds, trimap_radius,
                gate_enabled) -> SampleResult:
-        if alpha_bits not in (8, 16):
-            raise ValueError(f"alpha_bits: expected 8 or 16, got {alpha_bits}")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"name: {name!r} must be 1-121 characters of letters, digits, '_', '-', '.'")
+        _check_name(name)
         if name in self:
             raise ValueError(f"name: sample {name!r} already exists in {self.root}")
-        for arg, t, c in (("image", image, 3), ("fg", fg, 3), ("alpha", alpha, 1)):
-            if not isinstance(t, torch.Tensor) or t.ndim != 3 or t.shape[0] != c:
-                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{arg}: expected a [{c},H,W] tensor, got {shape}")
-        if not (image.shape[1:] == fg.shape[1:] == alpha.shape[1:]):
-            raise ValueError(f"image {tuple(image.shape)}, fg {tuple(fg.shape)}, alpha {tuple(alpha.shape)}: sizes differ")
-        for arg, t in (("image", image), ("fg", fg), ("alpha", alpha)):
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{arg}: contains NaN or infinite values")
-        image, fg, alpha = image.detach().float().cpu(), fg.detach().float().cpu(), alpha.detach().float().cpu()
-        if isinstance(key_colour, torch.Tensor):
-            key_colour = key_colour.detach().float().cpu().reshape(-1)
-        elif not isinstance(key_colour, KeyColour) and all(hasattr(key_colour, a) for a in ("rgb", "source", "preset")):
-            # a KeyColour of the pack's other import (ComfyUI's copy of it, when the CLI shares its writer)
-            key_colour = KeyColour(tuple(key_colour.rgb), key_colour.source, key_colour.preset)
-        key = parse_key_colour(key_colour, "key_colour")
-        scores = quality_scores(fg[None], alpha[None], key, thresholds)[0]
-        reasons = gate(scores, thresholds) if gate_enabled else []
-        row = {
-            **(meta or {}),
-            "name": name,
-            "caption": caption,
-            "key_colour": key.hex,
-            "key_source": key.source,
-            "key_label": key.label,
-            **({"key_preset": key.preset} if key.preset else {}),
-            "width": int(image.shape[-1]),
-            "height": int(image.shape[-2]),
-            "scores": {k: round(v, 6) for k, v in scores.items()},
-        }
-        if reasons:
-            row["reasons"] = reasons
+        prepared = prepare_sample(name, image, fg, alpha, key_colour, caption, meta, alpha_bits=alpha_bits,
+                                  thresholds=thresholds, trimap_radius=trimap_radius, gate_enabled=gate_enabled)
+        return self._commit_prepared(prepared)
+
+    def commit_prepared(self, prepared: PreparedSample) -> SampleResult:
+        """A :func:`prepare_sample` result (made here or in another process) -> committed with the protocol above
+        (accepted), or its row added to ``rejected.jsonl`` (rejected). ``ValueError`` if the name is taken or a file
+        path leaves the folder."""
+        with self._mutex:
+            self._check_open()
+            _check_name(prepared.name)
+            if prepared.name in self:
+                raise ValueError(f"name: sample {prepared.name!r} already exists in {self.root}")
+            return self._commit_prepared(prepared)
+
+    def _commit_prepared(self, prepared: PreparedSample) -> SampleResult:
+        name, row = prepared.name, dict(prepared.row)
+        if not prepared.accepted:
             _append_row(os.path.join(self.root, REJECTED), row)
             self.rejected[name] = row
-            return SampleResult(name, False, reasons, scores)
-        files = {
-            "image": f"image/{name}.png",
-            "fg": f"fg/{name}.png",
-            "alpha": f"alpha/{name}.png",
-            "trimap": f"trimap/{name}.png",
-            "caption": f"caption/{name}.txt",
-        }
-        row["files"] = files
-        self._commit(name, files, image, fg, alpha, caption, row, alpha_bits, trimap_radius)
+            return prepared.result
+        for rel in prepared.files:
+            target = os.path.realpath(os.path.join(self.root, rel))
+            if os.path.commonpath((self.root, target)) != self.root or os.path.dirname(rel) not in FOLDERS:
+                raise ValueError(f"{name}: file {rel!r} is not in one of the data set's folders ({', '.join(FOLDERS)})")
+        self._commit(name, prepared.files, row)
         self.committed[name] = row
-        return SampleResult(name, True, [], scores)
+        return prepared.result
 
-    def _commit(self, name, files, image, fg, alpha, caption, row, alpha_bits, trimap_radius) -> None:
+    def _commit(self, name: str, files: dict[str, bytes], row: dict) -> None:
         staging_root = os.path.join(self.root, ".staging")
         os.makedirs(staging_root, exist_ok=True)
         stage = tempfile.mkdtemp(prefix=f"{name}.", dir=staging_root)
         committed = False
         try:
-            staged = {key: os.path.join(stage, key + os.path.splitext(rel)[1]) for key, rel in files.items()}
-            save_png(staged["image"], image, None, bits=8)
-            save_png(staged["fg"], fg, None, bits=8)
-            save_png(staged["alpha"], None, alpha, bits=alpha_bits)
-            save_png(staged["trimap"], None, make_trimap(alpha[None], radius=trimap_radius)[0], bits=8)
-            atomic_write_text(staged["caption"], caption + "\n")
+            staged = {rel: os.path.join(stage, f"{k}{os.path.splitext(rel)[1]}") for k, rel in enumerate(files)}
+            for rel, data in files.items():
+                atomic_write_bytes(staged[rel], data)  # fsynced before it is moved into place
             pending_dir = os.path.join(self.root, ".pending")
             os.makedirs(pending_dir, exist_ok=True)
-            atomic_write_text(os.path.join(pending_dir, f"{name}.json"), json.dumps({"files": list(files.values())}))
-            for key, rel in files.items():
-                os.replace(staged[key], os.path.join(self.root, rel))
-            for folder in {os.path.dirname(rel) for rel in files.values()}:
+            atomic_write_text(os.path.join(pending_dir, f"{name}.json"), json.dumps({"files": list(files)}))
+            for rel in files:
+                os.replace(staged[rel], os.path.join(self.root, rel))
+            for folder in {os.path.dirname(rel) for rel in files}:
                 fsync_dir(os.path.join(self.root, folder))
             _append_row(os.path.join(self.root, METADATA), row)
             committed = True
@@ -429,7 +582,7 @@ class MattingDatasetWriter:
         except BaseException:
             # Roll back in-process too (a killed process is rolled back by recover() on the next open).
             if not committed:
-                for rel in files.values():
+                for rel in files:
                     target = os.path.join(self.root, rel)
                     if os.path.isfile(target):
                         os.remove(target)
@@ -439,6 +592,31 @@ class MattingDatasetWriter:
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+    def record_failed(self, name: str, reason: str, meta: dict | None = None) -> dict:
+        """Record that sample ``name`` could not be made (``reason``: one line) in ``failed.jsonl`` -> its row; a resumed
+        run skips it like a committed one. ``ValueError`` if the name is taken."""
+        with self._mutex:
+            self._check_open()
+            _check_name(name)
+            if name in self:
+                raise ValueError(f"name: sample {name!r} already exists in {self.root}")
+            row = {**(meta or {}), "name": name, "status": "failed", "reason": str(reason)}
+            _append_row(os.path.join(self.root, FAILED), row)
+            self.failed[name] = row
+            return row
+
+    def forget_failed(self) -> list[str]:
+        """Drop every ``failed.jsonl`` row (so those samples are made again) -> their names."""
+        with self._mutex:
+            self._check_open()
+            names = sorted(self.failed)
+            path = os.path.join(self.root, FAILED)
+            if os.path.isfile(path):
+                os.remove(path)
+                fsync_dir(self.root)
+            self.failed = {}
+            return names
 
     def write_stats(self, thresholds: QualityThresholds | None = None) -> dict:
         """Write ``stats.json`` (counts, the gate's thresholds: ``thresholds`` or the writer's) atomically; return it."""

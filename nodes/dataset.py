@@ -86,10 +86,6 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
         return check_key_widget(key_colour, custom=False)
 
     @classmethod
-    def validate_inputs(cls, key_colour) -> bool | str:
-        return check_key_widget(key_colour, custom=False)
-
-    @classmethod
     def execute(cls, image, fg, alpha, folder="diffumatting_dataset", name="", prompt="", seed=0, model="",
                 key_colour=AUTO, alpha_bits="8", quality_gate=True, max_key_residue=0.01, max_border_alpha=0.02,
                 min_coverage=0.01, max_coverage=0.9, trimap_radius=10, key=None) -> io.NodeOutput:
@@ -115,8 +111,9 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
                                        min_coverage=min_coverage, max_coverage=max_coverage).checked()
         settings = dict(alpha_bits=int(alpha_bits), thresholds=thresholds, trimap_radius=int(trimap_radius),
                         gate_enabled=bool(quality_gate))
-        # The process's one writer of this folder (the data factory's, when it drives this node), locked against
-        # other processes for as long as it is open.
+        # The process's one writer of this folder, locked against other processes for as long as it is open; under
+        # the data factory, a capture of the folder instead (the sample is handed back and committed by the factory's
+        # writer, so a factory worker never writes the data set).
         writer = open_writer(dataset_root(folder), **settings)
         try:
             base = name.strip()

@@ -1,10 +1,13 @@
-"""`python -m diffumatting generate`: the data factory. Runs the pack's generation workflow headless, in-process,
-inside a ComfyUI installation, and writes a matting data set (see SaveMattingDataset) with resume.
+"""`python -m diffumatting generate`: the data factory. Runs the pack's generation workflow headless inside a ComfyUI
+installation (in this process, or on N Ray workers: ``--workers N`` on this machine, ``--ray ADDRESS`` on a cluster)
+and writes a matting data set (see SaveMattingDataset) with resume.
 
-Sample ``i`` always uses prompt ``i mod P`` and seed ``seed + i`` and is named ``gen_<i:06d>``; a sample whose name is
-already in the data set (written, or rejected by the quality gate) is never run again, so a stopped run resumes
-where it stopped without redoing or duplicating samples. ``--count`` is the number of accepted samples wanted;
-``--max-attempts`` bounds the work when the gate rejects many.
+The plan is deterministic (:mod:`factory.plan`): sample ``i`` uses prompt ``i mod P`` and seed ``seed + i`` and is
+named ``gen_<i:06d>``. A sample whose name is already in the data set (written, rejected by the quality gate, or
+recorded as failed) is never run again, so a stopped run resumes where it stopped without redoing or duplicating
+samples. This process is the data set's single writer: workers (and ComfyUI in this process) hand back each sample
+prepared, and it is committed here in plan order, so the data set is the same whatever the number of workers.
+``--count`` is the number of accepted samples wanted; ``--max-attempts`` bounds the work when the gate rejects many.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import json
 import os
 import sys
+import time
 
 from .. import CLIError
 
@@ -40,8 +44,30 @@ def register(subparsers) -> None:
                    help="stop after this many samples generated in total, accepted or not (default 3 x count)")
     p.add_argument("--steps", type=int, default=None, help="override the sampler's steps")
     p.add_argument("--size", type=int, default=None, metavar="PX", help="override width and height (multiple of 8)")
-    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
+    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (every worker's, with --workers/--ray)")
     p.add_argument("--extra-model-paths", default=None, metavar="YAML", help="an extra_model_paths.yaml to load")
+    p.add_argument("--custom-nodes", action="append", default=[], metavar="PATH",
+                   help="a ComfyUI node pack (folder or .py) the workflow needs besides this one; repeatable")
+    p.add_argument("--max-tries", type=int, default=3, metavar="K",
+                   help="attempts per sample (errors and worker deaths) before it is recorded as failed (default 3)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="make the samples recorded as failed (failed.jsonl) again instead of skipping them")
+    ray = p.add_argument_group(
+        "several GPUs or machines (Ray; pip install -r requirements-ray.txt)",
+        "With --workers N > 1 or --ray, N Ray workers each boot ComfyUI once and make the samples they are given; "
+        "this process stays the data set's only writer. --comfyui, --extra-model-paths and --custom-nodes are paths on "
+        "the workers' machines.")
+    ray.add_argument("--workers", default="1", metavar="N",
+                     help="workers: 1 (default: ComfyUI in this process, no Ray), N, or 'auto' (one per GPU of the "
+                     "Ray cluster)")
+    ray.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="join this existing Ray cluster (host:port of its head, or 'auto') instead of starting a "
+                     "local one")
+    ray.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                     help="GPUs per worker (default 1; 0 with --cpu)")
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="CPUs per worker (default 1)")
+    ray.add_argument("--worker-restarts", type=int, default=2, metavar="R",
+                     help="fresh workers started in the place of one that died, per worker (default 2)")
     p.set_defaults(func=run)
 
 
@@ -113,82 +139,165 @@ def build_prompt(template: dict, *, checkpoint: str | None, subject: str, seed: 
 
 def run_factory(execute, template: dict, prompts: list[str], count: int, root: str, folder: str, *,
                 checkpoint: str | None, seed: int = 0, max_attempts: int | None = None, steps: int | None = None,
-                size: int | None = None, progress: bool = True) -> dict:
-    """Generate until ``count`` samples are accepted (or ``max_attempts`` were made); resumes from ``root``.
+                size: int | None = None, progress: bool = True, max_tries: int = 3, temp: str | None = None) -> dict:
+    """Generate in this process until ``count`` samples are accepted (or ``max_attempts`` were planned); resumes from
+    ``root``. -> the data set's counts plus ``ran_now`` / ``failed_now`` (this run).
 
-    ``execute(prompt)`` runs one API prompt (ComfyUI in-process). ``root`` is the data-set folder the workflow's
-    SaveMattingDataset node writes to (``folder`` relative to ComfyUI's output directory). The factory owns the
-    folder's one writer (:func:`dataset.open_writer`: locked against other processes); the node, running in this
-    process, writes through that same writer, so what it wrote is known here without re-reading any file.
-    Returns the counts.
+    ``execute(prompt)`` runs one API prompt (ComfyUI in-process; raises on failure). ``root`` is the data-set folder
+    the workflow's SaveMattingDataset node writes to (``folder`` relative to ComfyUI's output directory); while a
+    sample runs that folder is captured (:func:`dataset.capture_samples`), so the node only prepares the sample and
+    this function's writer (:func:`dataset.open_writer`, locked against other processes) commits it.
     """
+    from ...factory import Plan, SerialPool
+    from ...factory.comfy_worker import run_sample
+
+    def make_prompt(sample):
+        return build_prompt(template, checkpoint=checkpoint, subject=sample.subject, seed=sample.seed,
+                            name=sample.name, folder=folder, steps=steps, size=size)
+
+    def make_pool():
+        return SerialPool(lambda sample: run_sample(execute, make_prompt(sample), sample.name, root, temp))
+
     from ...dataset import open_writer
+
+    try:
+        writer = open_writer(root)  # rolls back a sample a killed run left half-written
+    except ValueError as exc:
+        raise CLIError(f"--out: {exc}") from None
+    try:
+        return drive(writer, make_pool, Plan(prompts, seed), count, max_attempts, max_tries=max_tries,
+                     progress=progress)
+    finally:
+        writer.close()
+
+
+def drive(writer, make_pool, plan, count: int, max_attempts: int | None, *, max_tries: int = 3,
+          progress: bool = True, log=None) -> dict:
+    """The factory run on an open writer: the plan's pending samples (indices below ``max_attempts``, default
+    3 x ``count``) on the pool ``make_pool()`` (started only if there is work), committed here in plan order, until
+    ``count`` are accepted -> counts (``ran_now``, ``failed_now``: this run). CLIError for a bad count or a run that
+    cannot go on (FactoryError)."""
+    from ...dataset import QualityThresholds
+    from ...factory import FactoryError, run_samples
 
     if count < 1:
         raise CLIError(f"--count: expected at least 1, got {count}")
     limit = max_attempts if max_attempts is not None else 3 * count
     if limit < 1:
         raise CLIError(f"--max-attempts: expected at least 1, got {limit}")
-    try:
-        writer = open_writer(root)  # rolls back a sample a killed run left half-written
-    except ValueError as exc:
-        raise CLIError(f"--out: {exc}") from None
-    bar = None
-    ran = 0
-    try:
-        if progress:
-            from tqdm import tqdm
+    pending = plan.pending(limit, writer)
+    needed = count - len(writer.committed)
+    counts_now = {"ran_now": 0, "failed_now": 0}
+    if needed <= 0 or not pending:  # nothing to do: no ComfyUI, no Ray
+        return {**writer.counts, **counts_now}
 
-            bar = tqdm(total=count, initial=min(len(writer.committed), count), unit="sample", desc="accepted",
-                       dynamic_ncols=True, file=sys.stderr)
-        for i in range(limit):
-            if len(writer.committed) >= count:
-                break
-            name = f"gen_{i:06d}"
-            if name in writer:
-                continue
-            prompt = build_prompt(template, checkpoint=checkpoint, subject=prompts[i % len(prompts)], seed=seed + i,
-                                  name=name, folder=folder, steps=steps, size=size)
-            execute(prompt)
-            ran += 1
-            if name not in writer:  # the node shares this writer: its sample is in it, accepted or rejected
-                raise CLIError(f"sample {name}: the workflow ran but wrote nothing to {writer.root} "
-                               f"(is its {DATASET_NODE} node connected and its folder '{folder}'?)")
-            if bar is not None:
-                bar.n = min(len(writer.committed), count)
-                bar.set_postfix(rejected=len(writer.rejected), refresh=False)
-                bar.refresh()
-        counts = writer.counts
+    def commit(sample, prepared) -> bool:
+        if getattr(prepared, "name", None) != sample.name:
+            raise CLIError(f"sample {sample.name}: a worker returned {getattr(prepared, 'name', prepared)!r} instead")
+        result = writer.commit_prepared(prepared)
+        writer.write_stats(QualityThresholds(**prepared.thresholds))
+        return result.accepted
+
+    def fail(sample, reason: str, attempts: int) -> None:
+        writer.record_failed(sample.name, reason, meta={"index": sample.index, "prompt": sample.subject,
+                                                        "seed": sample.seed, "attempts": attempts})
+        writer.write_stats()
+
+    pool = make_pool()
+    bar = None
+    try:
+        bar = _Progress(count, len(writer.committed), writer) if progress else None
+        say = log or (bar.write if bar is not None else _stderr)
+        summary = run_samples(pool, pending, commit, fail, needed=needed, max_tries=max_tries, log=say,
+                              progress=bar.update if bar is not None else None)
+    except FactoryError as exc:
+        raise CLIError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
-        writer.close()
-    counts["ran_now"] = ran
-    return counts
+        pool.close()
+    counts_now.update(ran_now=summary.ran, failed_now=summary.failed)
+    return {**writer.counts, **counts_now}
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# ComfyUI in-process
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def start(path: str, cpu: bool, output_dir: str, extra_model_paths: str | None = None):
-    """ComfyUI from ``path`` (CPU if asked) with this pack -> (namespace, ``execute(prompt)``); errors are CLIError."""
-    from ...comfy_bootstrap import ComfyUIError, PromptRunner, start_comfyui
+class _Progress:
+    """A tqdm bar of accepted samples, with rejected / failed counts and each worker's samples per second."""
 
+    def __init__(self, count: int, initial: int, writer):
+        from tqdm import tqdm
+
+        self.count, self.writer = count, writer
+        self.bar = tqdm(total=count, initial=min(initial, count), unit="sample", desc="accepted", dynamic_ncols=True,
+                        file=sys.stderr)
+
+    def write(self, message: str) -> None:
+        self.bar.write(message, file=sys.stderr)
+
+    def update(self, summary) -> None:
+        now = time.monotonic()
+        self.bar.n = min(len(self.writer.committed), self.count)
+        rates = " ".join(f"w{w}:{s.rate(now):.2f}/s" for w, s in sorted(summary.workers.items()))
+        self.bar.set_postfix_str(f"rejected={len(self.writer.rejected)} failed={len(self.writer.failed)} {rates}",
+                                 refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _workers(value: str) -> int | None:
+    """``--workers``: a whole number >= 1 -> it, ``auto`` -> None (one per GPU); CLIError otherwise."""
+    if value.strip().lower() == "auto":
+        return None
     try:
-        ns = start_comfyui(path, cpu=True if cpu else None, output_dir=output_dir,
-                           extra_model_paths=extra_model_paths, what="--comfyui")
-    except ComfyUIError as exc:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise CLIError(f"--workers: expected a whole number >= 1 or 'auto', got {value!r}")
+    return n
+
+
+def ray_pool(args, template: dict, workers: int | None, gpus: float):
+    """The RayPool of these arguments (started: cluster joined or started, actors booting); CLIError if not."""
+    from ...factory import FactoryError
+    from ...factory.ray_pool import RayPool, WorkerConfig, import_ray
+
+    what = f"--workers {args.workers}" if not args.ray else "--ray"
+    try:
+        ray = import_ray(what)
+    except FactoryError as exc:
         raise CLIError(str(exc)) from None
-    runner = PromptRunner(ns)
+    config = WorkerConfig(comfyui=args.comfyui, cpu=args.cpu, extra_model_paths=args.extra_model_paths,
+                          custom_nodes=tuple(args.custom_nodes), checkpoint=args.checkpoint)
 
-    def execute(prompt: dict) -> None:
-        try:
-            runner.run(prompt)
-        except ComfyUIError as exc:
-            raise CLIError(str(exc)) from None
+    def make_prompt(sample):
+        return build_prompt(template, checkpoint=args.checkpoint, subject=sample.subject, seed=sample.seed,
+                            name=sample.name, folder=".", steps=args.steps, size=args.size)
 
-    return ns, execute
+    pool = RayPool(workers or 1, config, make_prompt, address=args.ray, gpus_per_worker=gpus,
+                   cpus_per_worker=args.cpus_per_worker, max_restarts=args.worker_restarts, what=what)
+    try:
+        if workers is None:  # auto: one per GPU of the cluster, known once connected
+            pool.connect()
+            n = int(ray.cluster_resources().get("GPU", 0) // gpus) if gpus > 0 else 0
+            if n < 1:
+                raise FactoryError(f"--workers auto: the Ray cluster has no GPU to give each worker {gpus:g} "
+                                   "(give --workers N for CPU workers)")
+            pool.resize(n)
+        pool.start()
+    except FactoryError as exc:
+        pool.close()
+        raise CLIError(str(exc)) from None
+    except BaseException:
+        pool.close()
+        raise
+    _stderr(f"generate: {pool.describe()}")
+    return pool
 
 
 def check_out_folder(path: str, what: str = "--out") -> str:
@@ -213,6 +322,7 @@ def run(args) -> int:
     from ... import PACK_DIR
     from ...comfy_bootstrap import ComfyUIError, find_comfyui
     from ...dataset import open_writer
+    from ...factory import Plan
 
     prompts = read_prompts(args.prompts)
     template = load_workflow(args.workflow or os.path.join(PACK_DIR, DEFAULT_WORKFLOW))
@@ -224,37 +334,94 @@ def run(args) -> int:
         raise CLIError(f"--count: expected at least 1, got {args.count}")
     if args.max_attempts is not None and args.max_attempts < 1:
         raise CLIError(f"--max-attempts: expected at least 1, got {args.max_attempts}")
-    try:
-        find_comfyui(args.comfyui, what="--comfyui")  # before --out is created
-    except ComfyUIError as exc:
-        raise CLIError(str(exc)) from None
+    if args.max_tries < 1:
+        raise CLIError(f"--max-tries: expected at least 1, got {args.max_tries}")
+    workers = _workers(args.workers)
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if args.cpu else 1.0)
+    if not gpus >= 0:
+        raise CLIError(f"--gpus-per-worker: expected a number >= 0, got {args.gpus_per_worker}")
+    if not args.cpus_per_worker > 0:
+        raise CLIError(f"--cpus-per-worker: expected a number > 0, got {args.cpus_per_worker}")
+    if args.worker_restarts < 0:
+        raise CLIError(f"--worker-restarts: expected a whole number >= 0, got {args.worker_restarts}")
+    distributed = args.ray is not None or workers != 1
+    if not args.ray:  # ComfyUI and the node packs are on this machine: check them before --out is created
+        try:
+            find_comfyui(args.comfyui, what="--comfyui")
+        except ComfyUIError as exc:
+            raise CLIError(str(exc)) from None
+        for path in args.custom_nodes:
+            if not os.path.exists(path):
+                raise CLIError(f"--custom-nodes: no such file or folder {path}")
+        if args.extra_model_paths and not os.path.isfile(args.extra_model_paths):
+            raise CLIError(f"--extra-model-paths: no such file {args.extra_model_paths}")
     out = check_out_folder(args.out)
     created = not os.path.exists(out)
-    # Take the folder (its lock) before ComfyUI starts: a second run on it is refused at once, not minutes later.
+    # Take the folder (its lock) before ComfyUI or Ray start: a second run on it is refused at once, not minutes later.
     try:
         writer = open_writer(out)
     except ValueError as exc:
         raise CLIError(f"--out: {exc}") from None
     try:
-        ns, execute = start(args.comfyui, args.cpu, out, args.extra_model_paths)
-        available = ns.folder_paths.get_filename_list("checkpoints")
-        if args.checkpoint not in available:
-            listing = ", ".join(available[:10]) or "none"
-            raise CLIError(f"--checkpoint: {args.checkpoint!r} is not in ComfyUI's checkpoints folder "
-                           f"(found: {listing})")
-        counts = run_factory(execute, template, prompts, args.count, out, ".",
-                             checkpoint=args.checkpoint, seed=args.seed, max_attempts=args.max_attempts,
-                             steps=args.steps, size=args.size)
+        if args.retry_failed:
+            again = writer.forget_failed()
+            if again:
+                _stderr(f"generate: {len(again)} samples recorded as failed will be made again")
+        if distributed:
+            def make_pool():
+                return ray_pool(args, template, workers, gpus)
+        else:
+            def make_pool():
+                return in_process_pool(args, template)
+        try:
+            counts = drive(writer, make_pool, Plan(prompts, args.seed), args.count, args.max_attempts,
+                           max_tries=args.max_tries)
+        except KeyboardInterrupt:
+            _stderr(f"generate: stopped; {len(writer.committed)} accepted in {out} (rerun the same command to "
+                    "resume)")
+            raise
     finally:
         if created:
             writer.discard_if_empty()  # a run that failed before its first sample leaves no empty folder
         else:
             writer.close()
     reasons = ", ".join(f"{k[len('rejected_'):]} {v}" for k, v in counts.items() if k.startswith("rejected_"))
+    failed = counts.get("failed", 0)
     print(f"{out}: {counts['accepted']} accepted, {counts['rejected']} rejected"
-          + (f" ({reasons})" if reasons else "") + f"; {counts['ran_now']} generated in this run")
+          + (f" ({reasons})" if reasons else "") + (f", {failed} failed (failed.jsonl)" if failed else "")
+          + f"; {counts['ran_now']} generated in this run")
     if counts["accepted"] < args.count:
         print(f"stopped after {args.max_attempts or 3 * args.count} attempts with {counts['accepted']} of "
-              f"{args.count} accepted (raise --max-attempts, or look at rejected.jsonl)", file=sys.stderr)
+              f"{args.count} accepted (raise --max-attempts, or look at rejected.jsonl"
+              + (" and failed.jsonl" if failed else "") + ")", file=sys.stderr)
         return 1
     return 0
+
+
+def in_process_pool(args, template: dict):
+    """ComfyUI in this process (booted now) as the factory's one worker; CLIError if it cannot start."""
+    import shutil
+
+    from ...factory import SerialPool
+    from ...factory.comfy_worker import boot, run_sample
+
+    try:
+        comfy = boot(args.comfyui, cpu=args.cpu, extra_model_paths=args.extra_model_paths,
+                     custom_nodes=args.custom_nodes, checkpoint=args.checkpoint)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+    def run_one(sample):
+        prompt = build_prompt(template, checkpoint=args.checkpoint, subject=sample.subject, seed=sample.seed,
+                              name=sample.name, folder=".", steps=args.steps, size=args.size)
+        return run_sample(comfy.runner.run, prompt, sample.name, comfy.root, comfy.temp)
+
+    pool = SerialPool(run_one, f"in this process, {comfy.device}")
+    close = pool.close
+
+    def close_and_clean():
+        close()
+        shutil.rmtree(comfy.workdir, ignore_errors=True)
+
+    pool.close = close_and_clean
+    return pool

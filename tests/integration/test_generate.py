@@ -1,5 +1,6 @@
 """The data factory (`python -m diffumatting generate`) on a real ComfyUI: runs the pack's workflow in-process,
-writes the data set, and resumes a stopped run without redoing or duplicating samples."""
+writes the data set, and resumes a stopped run without redoing or duplicating samples. (Several Ray workers:
+test_factory_ray.py.)"""
 
 from __future__ import annotations
 
@@ -25,30 +26,26 @@ def _tiny(prompt: dict) -> dict:
 
 
 def _executor(comfy, calls, stop_after=None):
-    """execute(prompt) via ComfyUI's PromptExecutor on the tiny models; KeyboardInterrupt after ``stop_after`` runs."""
-    from diffumatting.comfy_bootstrap import ComfyUIError, PromptRunner
+    """execute(prompt) via ComfyUI's PromptExecutor on the tiny models; KeyboardInterrupt after ``stop_after`` runs.
+    ComfyUI's own errors (comfy_bootstrap.PromptError) surface as they are, as in `generate`."""
+    from diffumatting.comfy_bootstrap import PromptRunner
 
     runner = PromptRunner(comfy)
-
-    def execute(prompt):
-        try:
-            runner.run(prompt)
-        except ComfyUIError as exc:
-            raise generate.CLIError(str(exc)) from None
 
     def run(prompt):
         if stop_after is not None and len(calls) >= stop_after:
             raise KeyboardInterrupt
         name = next(n["inputs"]["name"] for n in prompt.values() if n["class_type"] == generate.DATASET_NODE)
         calls.append(name)
-        execute(_tiny(prompt))
+        runner.run(_tiny(prompt))
 
     return run
 
 
 def test_factory_runs_and_resumes_in_comfyui(comfy, tiny_sd15):
-    """The factory holds the folder's one writer; ComfyUI's SaveMattingDataset node (the pack's other import in this
-    process) writes through that same writer, so without the sharing the node would be refused by the lock."""
+    """The factory holds the folder's one writer; while a sample runs, the folder is captured, so ComfyUI's
+    SaveMattingDataset node (the pack's other import in this process) only prepares the sample, and the factory's
+    writer commits it (without the capture the node would open a writer of its own and be refused by the lock)."""
     template = generate.load_workflow(str(WORKFLOW))
     prompts = ["a red apple", "a blue mug"]
     out = Path(comfy.folder_paths.get_output_directory()) / "factory"
@@ -71,6 +68,7 @@ def test_factory_runs_and_resumes_in_comfyui(comfy, tiny_sd15):
     assert names == ["gen_000000", "gen_000001", "gen_000002"]
     for folder in ("image", "fg", "alpha", "trimap", "caption"):
         assert sorted(p.stem for p in (out / folder).iterdir()) == names
+    assert not (out / "failed.jsonl").exists()
     # the factory closed its writer: the folder is free for the next run (or another process)
     from diffumatting.dataset import MattingDatasetWriter
 
@@ -124,3 +122,17 @@ def test_generate_command_end_to_end(comfy, random_sd15_checkpoint, tmp_path):
     # a second run with the same arguments has nothing left to do
     proc2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert "0 generated in this run" in proc2.stdout, proc2.stdout + proc2.stderr[-2000:]
+
+
+def test_factory_stops_at_once_on_a_workflow_comfyui_refuses(comfy, tiny_sd15):
+    """A configuration error (here an unknown node) is not one sample's failure: the run stops with ComfyUI's message
+    and records nothing, instead of marking every planned sample failed."""
+    template = _gate_off(generate.load_workflow(str(WORKFLOW)))
+    template["99"] = {"class_type": "DMNoSuchNode", "inputs": {}}
+    out = Path(comfy.folder_paths.get_output_directory()) / "factory_refused"
+    calls: list[str] = []
+    with pytest.raises(generate.CLIError, match=r"worker 0 \(in this process\): the workflow is not valid here"):
+        generate.run_factory(_executor(comfy, calls), template, ["a cat"], 3, str(out), "factory_refused",
+                             checkpoint="tiny.safetensors", steps=1, size=64, progress=False)
+    assert calls == ["gen_000000"]
+    assert not (out / "failed.jsonl").exists() and not (out / "metadata.jsonl").exists()

@@ -50,7 +50,7 @@ def test_no_absolute_imports_of_pack_modules():
     offenders = []
     for path in REPO_ROOT.rglob("*.py"):
         rel = path.relative_to(REPO_ROOT)
-        if rel.parts[0] in {"tests", "bench", ".venv", "assets", "workflows", "docs"} or "site-packages" in rel.parts:
+        if rel.parts[0] in {"tests", "bench", "qa", ".venv", "assets", "workflows", "docs"} or "site-packages" in rel.parts:
             continue
         bad = _imports(path) & pack_names
         if bad:
@@ -121,9 +121,11 @@ def test_cli_runs_from_any_folder():
 
 # Import name -> the distribution that provides it (what requirements.txt must list). torch comes with ComfyUI.
 DISTRIBUTIONS = {"numpy": "numpy", "safetensors": "safetensors", "kornia": "kornia", "cv2": "opencv-python-headless",
-                 "av": "av", "tqdm": "tqdm", "PIL": "pillow", "scipy": "scipy", "yaml": "pyyaml"}
+                 "av": "av", "tqdm": "tqdm", "PIL": "pillow", "scipy": "scipy", "yaml": "pyyaml",
+                 "ray": "ray"}
+OPTIONAL_REQUIREMENTS = ["requirements-ray.txt"]  # optional features' own requirement files (ray: generate --workers)
 PROVIDED = {"torch"} | COMFY_MODULES | {"utils"}  # ComfyUI brings torch; `utils` is ComfyUI's own top-level package
-RUNTIME_SKIP = {"tests", "bench", ".venv", "assets", "workflows", "docs", "build"}
+RUNTIME_SKIP = {"tests", "bench", "qa", ".venv", "assets", "workflows", "docs", "build"}
 
 
 def _runtime_files():
@@ -137,7 +139,8 @@ def test_requirements_list_every_third_party_runtime_import():
     """What `pip install` of the pack (requirements.txt = the wheel's Requires-Dist, tests/unit/test_packaging.py)
     brings is enough for every module ComfyUI or the CLI imports: no third-party import is left out."""
     listed = {re.split(r"[<>=!~ ]", line.strip(), maxsplit=1)[0].lower()
-              for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+              for name in ["requirements.txt", *OPTIONAL_REQUIREMENTS]
+              for line in (REPO_ROOT / name).read_text().splitlines()
               if line.strip() and not line.lstrip().startswith("#")}
     missing = []
     for rel, path in _runtime_files():
@@ -161,8 +164,9 @@ ALLOWED_IMPORTS = {
     "trainer": {"common", "greenpost", "green_control", "matting_head", "compositing", "synthetic", "dataset",
                 "comfy_bootstrap"},
     "nodes": {"common", "greenpost", "green_control", "matting_head", "compositing", "synthetic", "dataset", "."},
+    "factory": {"common", "dataset", "comfy_bootstrap"},  # ComfyUI only through the one bootstrap
     "cli": {"common", "greenpost", "green_control", "matting_head", "compositing", "synthetic", "dataset", "trainer",
-            "comfy_bootstrap", "."},
+            "factory", "comfy_bootstrap", "."},
 }
 
 

@@ -35,7 +35,7 @@ def test_wheel_holds_every_pack_package_and_module(wheel):
     names = set(wheel.namelist())
     for path in REPO_ROOT.rglob("*.py"):
         rel = path.relative_to(REPO_ROOT)
-        if rel.parts[0] in {"tests", "bench", "docs", "build", ".venv", "assets", "workflows"} or "site-packages" in rel.parts:
+        if rel.parts[0] in {"tests", "bench", "qa", "docs", "build", ".venv", "assets", "workflows"} or "site-packages" in rel.parts:
             continue
         assert f"diffumatting/{rel.as_posix()}" in names, f"{rel} is missing from the wheel"
 
