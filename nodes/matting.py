@@ -208,6 +208,9 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
 
         if head is not None and not isinstance(head, LoadedHead):
             raise ValueError("head: expected a matting head from DiffuMattingLoader (or nothing: the image-only keyer)")
+        if isinstance(samples, dict) and "samples" not in samples:
+            raise ValueError(f"samples: expected a LATENT (a dict holding 'samples'), got one with keys "
+                             f"{sorted(map(str, samples))}")
         z = samples["samples"] if isinstance(samples, dict) else samples
         if not isinstance(z, torch.Tensor) or z.ndim != 4:
             raise ValueError(f"samples: expected an image latent [B,C,h,w], got "

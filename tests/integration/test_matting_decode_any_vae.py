@@ -73,10 +73,26 @@ def vae_node(comfy, tiny_sd15, tiny_sdxl):
         def load(self, kind):
             return (flux2_style_vae() if kind == "flux2" else vaes[kind],)
 
-    comfy_nodes.NODE_CLASS_MAPPINGS["DMTestVAE"] = DMTestVAE
-    comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS["DMTestVAE"] = "DMTestVAE"
+    class DMTestOddLatent:
+        """A LATENT dict without its 'samples' tensor (what a broken third-party node might hand over)."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+        RETURN_TYPES = ("LATENT",)
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self):
+            return ({"noise_mask": torch.ones(1, 1, 8, 8)},)
+
+    for cls in (DMTestVAE, DMTestOddLatent):
+        comfy_nodes.NODE_CLASS_MAPPINGS[cls.__name__] = cls
+        comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS[cls.__name__] = cls.__name__
     yield "DMTestVAE"
-    comfy_nodes.NODE_CLASS_MAPPINGS.pop("DMTestVAE", None)
+    for name in ("DMTestVAE", "DMTestOddLatent"):
+        comfy_nodes.NODE_CLASS_MAPPINGS.pop(name, None)
 
 
 def _mod(comfy, sub: str):
@@ -164,3 +180,13 @@ def test_an_unusable_bundled_keyer_is_a_clear_error_naming_it(run_prompt, comfy,
     assert "diffumatting_keyer.safetensors" in message, message  # the file, whatever is wrong with it
     assert "Traceback" not in message
     refine._CACHE.clear()
+
+
+def test_a_latent_without_samples_is_a_clear_error(run_prompt, vae_node):
+    """hostile X18: a LATENT dict with no 'samples' tensor -> a ValueError naming samples, not KeyError."""
+    prompt = _prompt("sd15")
+    prompt["lat"] = {"class_type": "DMTestOddLatent", "inputs": {}}
+    for node in ("plain", "cap_plain", "img"):  # only MattingHeadDecode reads the odd latent
+        del prompt[node]
+    err = run_prompt(prompt, expect_error=True)["execution_error"]
+    assert err["exception_type"].endswith("ValueError") and err["exception_message"].startswith("samples: expected a LATENT")
