@@ -21,6 +21,7 @@ EXAMPLE_INPUTS = {
     "diffumatting_example_background.png": "assets/examples/background.png",
     "diffumatting_example_control.png": "assets/examples/control.png",
     "diffumatting_example_background.mp4": "assets/examples/background.mp4",
+    "diffumatting_example_object_rgba.png": "assets/examples/object_rgba.png",  # the round-trip templates (RGBA)
 }
 
 

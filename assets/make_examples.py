@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Make the example inputs of the shipped workflows (no third-party pictures):
 
-    python assets/make_examples.py     # writes assets/examples/{background.png, control.png, background.mp4}
+    python assets/make_examples.py     # writes assets/examples/{background.png, control.png, background.mp4,
+                                       #                         object_rgba.png}
 
 The pack copies them, with ``assets/demo_greenscreen.png``, into ComfyUI's input folder on start when they are
 missing there (``EXAMPLE_INPUTS`` in the pack's ``__init__.py``), so the templates' LoadImage / LoadVideo nodes
@@ -51,6 +52,28 @@ def control(size: int = 512) -> np.ndarray:
     return np.repeat(img[..., None], 3, -1)
 
 
+def object_rgba(size: int = 256) -> np.ndarray:
+    """A transparent object for the round-trip templates: a green leaf (so 'auto' puts it on magenta) with veins, a
+    soft semi-transparent glow and a thin stem -> HxWx4 float32 straight RGBA in [0,1]."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    u, v = xx - 0.5, yy - 0.45
+    c, s = np.cos(0.6), np.sin(0.6)
+    a_, b_ = c * u + s * v, -s * u + c * v  # the leaf's axes, tilted
+    width = 0.2 * np.clip(1 - (a_ / 0.36) ** 2, 0, 1) ** 0.8
+    edge = (width - np.abs(b_)) * size  # px inside the leaf outline
+    body = np.clip(edge / 1.5 + 0.5, 0, 1)
+    glow = 0.35 * np.exp(-np.clip(-edge, 0, None) / 6.0) * (edge < 0)  # a translucent halo around the outline
+    glow *= np.clip(1 - (a_ / 0.4) ** 2, 0, 1)  # ... that fades out beyond the tip and the base
+    stem = np.clip((0.012 - np.abs(b_)) * size / 1.5 + 0.5, 0, 1) * ((a_ > 0.3) & (a_ < 0.46))
+    alpha = np.clip(np.maximum(np.maximum(body, glow), stem), 0, 1)
+    vein = np.exp(-(b_ * size / 2.0) ** 2) + 0.6 * np.exp(-((np.abs(b_) - 0.35 * (a_ + 0.36)) % 0.06 * size / 1.5) ** 2)
+    shade = 0.75 + 0.25 * (1 - a_ / 0.36)
+    rgb = np.stack([0.18 + 0.25 * vein, 0.55 * shade + 0.2 * vein, 0.12 + 0.05 * vein], -1)
+    rgb = np.where((stem > body)[..., None], np.array([0.35, 0.28, 0.15], np.float32), rgb)
+    rgb = np.where((glow > body)[..., None], np.array([0.75, 0.95, 0.55], np.float32), rgb)
+    return np.clip(np.concatenate([rgb, alpha[..., None]], -1), 0, 1).astype(np.float32)
+
+
 def write_video(path: str, frames: list[np.ndarray], fps: int = 8) -> None:
     import av
 
@@ -78,7 +101,9 @@ def main() -> None:
     wide = cv2.resize(background(960, 480, seed=5), (480, 240), interpolation=cv2.INTER_AREA)
     frames = [wide[:, 10 * i: 10 * i + 320] for i in range(16)]
     write_video(os.path.join(OUT, "background.mp4"), frames)
-    print(f"wrote {OUT}/background.png, control.png, background.mp4")
+    rgba = np.round(object_rgba() * 255).astype(np.uint8)
+    cv2.imwrite(os.path.join(OUT, "object_rgba.png"), rgba[..., [2, 1, 0, 3]])  # OpenCV writes BGRA
+    print(f"wrote {OUT}/background.png, control.png, background.mp4, object_rgba.png")
 
 
 if __name__ == "__main__":

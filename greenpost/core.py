@@ -13,6 +13,7 @@ from .band import (bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, d
                    pool_factor, upsample, upsample_planes)
 from ..common.keycolour import (MIN_KEY_DOMINANCE, KeyColour, NoKeyColourWarning, key_channels, key_difference,
                                 key_dominance, key_rgb, resolve_key_colours)
+from .guide import blend_guide, check_guide, fit_guide, guide_change
 from .unmix import despill
 
 MIN_SIDE = 8
@@ -280,22 +281,30 @@ def check_memory(batch: int, height: int, width: int, device="cpu") -> None:
 
 
 def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colour="auto", high_quality: bool = False,
-               **options) -> GreenPostResult:
+               guide: torch.Tensor | None = None, **options) -> GreenPostResult:
     """image: [B,3,H,W] float in [0,1] (+ alpha [B,1,H,W], 1 = opaque) -> GreenPostResult (fg straight, alpha, spill).
 
     ``key_colour``: "auto" (estimated from the canvas), a KeyColour (or a list of B), a preset ("chroma_green",
     "pure_green", "magenta", ...), a hex colour or a ``[3]``/``[B,3]`` tensor (see ``common.keycolour``). With ``alpha`` given (e.g. from the matting head) that matte is kept; GreenPost
     only zeroes faint values on confident canvas, unmixes and despills. ``high_quality`` averages in a second,
     coarser refinement scale and fits JPEG / video (chroma-subsampled) images on a blurred guide (a little
-    slower). ``options``: see :class:`GreenPostOptions`.
+    slower). ``guide`` ([B|1,1,h,w], 1 = opaque, any size of the image's aspect ratio): a previous alpha of the object
+    (the round trip, ``greenpost.guide``), not kept as the matte: the result follows it where the image is still a
+    composite of it over the key colour and GreenPost's own key where the image changed; a smaller guide is
+    upsampled with the image as guidance (``extras["guide_weight"]``: [B,1,H,W], 1 where the own key decided).
+    ``options``: see :class:`GreenPostOptions`.
     """
     opts = GreenPostOptions.from_kwargs(**options)
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
     image, grey = _check_image(image)
     given = _check_alpha(alpha, image)
+    if guide is not None and given is not None:
+        raise ValueError("guide: pass either alpha (kept as the final matte) or guide (a previous alpha that steers "
+                         "the key), not both")
+    guide = None if guide is None else check_guide(guide, image)
     check_memory(image.shape[0], image.shape[-2], image.shape[-1], image.device)
     with torch.no_grad():
-        return _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype)
+        return _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype, guide)
 
 
 def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int, trend: bool = True):
@@ -379,7 +388,7 @@ def _scalar_model(a: torch.Tensor, r: torch.Tensor, ki: torch.Tensor, kf: torch.
     return a + w_sc * (a_sc - a).clamp(max=0)
 
 
-def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -> GreenPostResult:
+def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype, guide=None) -> GreenPostResult:
     img = image.float().contiguous()  # one copy of a permuted view (e.g. from HWC) makes every later pass cheaper
     b, _, h, w = img.shape
     size = (h, w)
@@ -509,6 +518,19 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
         a = despeckle(a, max(8, int(round(opts.despeckle_area * h * w))) if opts.despeckle_area > 0 else 0,
                       int(round(opts.hole_area * h * w)))
 
+    # 3b. a guide (a previous alpha of the object): kept where the image is still its composite over the screen,
+    #     GreenPost's own key where the image changed (greenpost/guide.py)
+    guide_w = None
+    if guide is not None:
+        guide = fit_guide(guide, img)
+        change = guide_change(img, guide, key[:, :, None, None])  # against the flat key colour the canvas had
+        if canvas_s is not None:
+            # ... or against the local clean plate (a workflow that shaded the canvas); the plate under a subject
+            # that covers most of the frame is a fill and may be off, so the image counts as unchanged where either
+            # screen explains it (bench/roundtrip.py)
+            change = torch.minimum(change, guide_change(img, guide, upsample(screen_grid, size)))
+        a, guide_w = blend_guide(a, guide, change, sigma)
+
     # 4. a given matte wins; the keyer only cleans its canvas
     if given is not None:
         clean = (a <= 0.0) & (given < opts.canvas_clean)  # the keyer sees pure canvas and the matte is faint
@@ -526,6 +548,7 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
             prior = at(fg_grid, i, idx)
             num = ab * (img[i].reshape(3, -1).index_select(1, idx) - (1.0 - ab) * kk) + opts.unmix_reg * prior
             fg[i].view(3, -1).index_copy_(1, idx, (num / (ab * ab + opts.unmix_reg)).clamp_(0, 1))
+    undespilled = fg.clone() if guide_w is not None else None
     if opts.despill > 0 and opts.despill_limit == "max" and opts.luma_preserve == 0:
         # fast path of unmix.despill (same result): the key channels are lowered to the others' maximum, in place
         sp = key_difference(fg, high).clamp_min_(0)
@@ -542,13 +565,18 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype) -
     else:
         sp = torch.zeros_like(a)
     spill = (sp / d_k).clamp_(0, 1) * (a > 0).float()
+    if undespilled is not None:
+        # where the image is still the old object on its canvas its colours are the object's own, not spill
+        fg = undespilled + guide_w * (fg - undespilled)
+        spill = spill * guide_w
 
     # images without a usable key colour: defined, opaque result
     if not bool(usable.all()):
         keep = usable[:, None, None, None]
-        a = torch.where(keep, a, given if given is not None else torch.ones_like(a))
+        a = torch.where(keep, a, given if given is not None else guide if guide is not None else torch.ones_like(a))
         fg = torch.where(keep, fg, img)
         spill = torch.where(keep, spill, torch.zeros_like(spill))
 
     return GreenPostResult(fg=fg.to(out_dtype), alpha=a.to(out_dtype), spill=spill.to(out_dtype),
-                           key_colour=key.to(out_dtype), keys=keys, extras={"screen_grid": screen_grid, "canvas_noise": sigma})
+                           key_colour=key.to(out_dtype), keys=keys, extras={"screen_grid": screen_grid, "canvas_noise": sigma,
+                                                                       "guide_weight": guide_w})

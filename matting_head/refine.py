@@ -152,16 +152,19 @@ def learned_green_post(image: torch.Tensor, head: MattingHead, key_colour="auto"
 
 
 def key_image(image: torch.Tensor, keyer: MattingHead | None = None, alpha: torch.Tensor | None = None,
-              key_colour="auto", high_quality: bool = False, on_tile=None, **options):
+              key_colour="auto", high_quality: bool = False, on_tile=None, guide: torch.Tensor | None = None,
+              **options):
     """The pack's keying entry point (CLI key / demo / dataset, the GreenPost node): image [B,3,H,W] in [0,1] ->
-    GreenPostResult. With ``keyer`` (``resolve_keyer``) and no given ``alpha``: the learned mode
-    (``learned_green_post``); otherwise classical GreenPost (a given alpha is kept as the matte either way).
+    GreenPostResult. With ``keyer`` (``resolve_keyer``) and neither ``alpha`` nor ``guide``: the learned mode
+    (``learned_green_post``); otherwise classical GreenPost (a given alpha is kept as the matte either way; a
+    ``guide`` [B|1,1,h,w] steers the key, see ``greenpost.guide``; the learned keyer does not run with one).
     ``result.extras["keyer"]`` names what ran."""
     from ..greenpost import green_post
 
-    if keyer is None or alpha is not None:
-        res = green_post(image, alpha=alpha, key_colour=key_colour, high_quality=high_quality, **options)
-        res.extras["keyer"] = "given alpha" if alpha is not None else "classical"
+    if keyer is None or alpha is not None or guide is not None:
+        res = green_post(image, alpha=alpha, key_colour=key_colour, high_quality=high_quality, guide=guide, **options)
+        res.extras["keyer"] = ("given alpha" if alpha is not None else
+                               "classical + guide" if guide is not None else "classical")
         return res
     return learned_green_post(image, keyer, key_colour, high_quality, on_tile=on_tile, **options)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import composite, dataset, green_control, greenpost, keycolour, matting, output
+from . import composite, dataset, green_control, greenpost, keycolour, matting, output, roundtrip
 
-NODE_MODULES = (green_control, matting, greenpost, keycolour, composite, output, dataset)
+NODE_MODULES = (green_control, matting, greenpost, keycolour, roundtrip, composite, output, dataset)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -21,9 +21,10 @@ from typing import NamedTuple
 import torch
 from comfy_api.latest import io, ui
 
-from ..common.keycolour import KeyColour, parse_key_colour
+from ..common.keycolour import AUTO, KeyColour, parse_key_colour
 from ..green_control.anchor import key_latent
-from ..green_control.prompt import DEFAULT_NEGATIVE_SUFFIX, DEFAULT_SUFFIX, build_negative, build_prompt, key_suffix
+from ..green_control.prompt import (DEFAULT_NEGATIVE_SUFFIX, DEFAULT_SUFFIX, build_negative, build_prompt,
+                                    choose_subject_key, key_suffix)
 from ..green_control.recorder import RECORD_LEVELS, GreenSettings, RunLog, RunState, unet_attn2_lookup
 from ..green_control.tokens import clip_inverse_vocab, suffix_word_positions
 from .common import (category, check_key_widget, key_colour_options, key_socket_input, key_socket_output, preset_label,
@@ -38,7 +39,7 @@ CONFIG_KEY = "diffumatting_green"  # transformer_options key: the patch's GreenS
 STATE_KEY = "diffumatting_green_run"  # transformer_options key of a run's options copy: that run's RunState
 RUNS_KEY = "diffumatting_green_runs"  # transformer_options key: a RunLog that finished runs are appended to
 WRAPPER_KEY = "diffumatting_green"
-KEY_CHOICES = key_colour_options(auto=False, custom=False)
+KEY_CHOICES = key_colour_options(auto=True, custom=False)  # "auto": from the subject text (choose_subject_key)
 DEFAULT_KEY = preset_label("chroma_green")
 
 
@@ -164,13 +165,20 @@ class GreenControlResult(NamedTuple):
     negative_prompt: str
     key: KeyColour
     settings: GreenSettings
+    key_note: str = ""  # which key colour was used and why (shown in the node's preview)
 
 
 def apply_green_control(model, clip, vae, subject, negative, key_colour, strength, schedule_end, suffix,
                         negative_suffix, threshold, softness, x0_prior) -> GreenControlResult:
     """Shared by both nodes: prompts built, encoded, the key latent computed and a clone of MODEL patched.
 
-    ``key_colour``: a KeyColour (a connected key) or the widget's preset label / id / alias."""
+    ``key_colour``: a KeyColour (a connected key), the widget's preset label / id / alias, or "auto" (a key colour
+    the subject does not name: ``green_control.prompt.choose_subject_key``)."""
+    note = ""
+    if isinstance(key_colour, str) and key_colour.strip().lower() == AUTO:
+        preset, why = choose_subject_key(subject)
+        key_colour = parse_key_colour(preset)
+        note = f"auto key colour: {key_colour.label} ({why})"
     if not isinstance(key_colour, KeyColour):
         if not isinstance(key_colour, str) or check_key_widget(key_colour, auto=False, custom=False) is not True:
             raise ValueError(f"key_colour: expected one of {', '.join(KEY_CHOICES)}, got {key_colour!r}")
@@ -199,7 +207,7 @@ def apply_green_control(model, clip, vae, subject, negative, key_colour, strengt
     settings = GreenSettings(tuple(positions), cond_len, z_model, strength, schedule_end, threshold, softness,
                              x0_prior)
     return GreenControlResult(patch_model(model, settings), positive, negative_cond, positive_text, negative_text,
-                              key_colour, settings)
+                              key_colour, settings, note or f"key colour: {key_colour.label}")
 
 
 def _node_key(key_colour, key):
@@ -226,7 +234,9 @@ def _common_inputs():
         io.Combo.Input("key_colour", options=KEY_CHOICES, default=DEFAULT_KEY,
                        tooltip="Canvas colour. Its colour word (green/blue/magenta) replaces 'green' in the suffix "
                                "and is the token whose attention gives the background mask. Use a blue or magenta "
-                               "key for green subjects. A connected 'key' wins."),
+                               "key for green subjects; 'auto' does that from the subject text (magenta, or blue, "
+                               "when it names a green-ish thing or colour; the preview and the 'key' output say "
+                               "which). A connected 'key' wins."),
         io.Float.Input("strength", default=0.8, min=0.0, max=1.0, step=0.01,
                        tooltip="How hard the predicted clean latent is pulled to the key-colour latent on the "
                                "background (0 = off, 1 = replaced)."),
@@ -302,13 +312,13 @@ class DiffuMattingGreenControl(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, key_colour) -> bool | str:
-        return check_key_widget(key_colour, auto=False, custom=False)
+        return check_key_widget(key_colour, auto=True, custom=False)
 
     @classmethod
     def execute(cls, model, clip, vae, subject, negative, key_colour, strength, **kwargs) -> io.NodeOutput:
         res = apply_green_control(model, clip, vae, subject, negative, _node_key(key_colour, kwargs.get("key")),
                                   strength, **_advanced_values(kwargs))
-        return io.NodeOutput(res.model, res.positive, res.negative, (res.key,))
+        return io.NodeOutput(res.model, res.positive, res.negative, (res.key,), ui=ui.PreviewText(res.key_note))
 
 
 class DiffuMattingGreenControlSampler(io.ComfyNode):
@@ -353,7 +363,7 @@ class DiffuMattingGreenControlSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, key_colour) -> bool | str:
-        return check_key_widget(key_colour, auto=False, custom=False)
+        return check_key_widget(key_colour, auto=True, custom=False)
 
     @classmethod
     def execute(cls, model, clip, vae, subject, negative, key_colour, strength, seed, steps, cfg, sampler_name,
@@ -375,7 +385,13 @@ class DiffuMattingGreenControlSampler(io.ComfyNode):
         mask = torch.nn.functional.interpolate(state.last_mask, size=(height // 8 * 8, width // 8 * 8),
                                                mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
         mask = mask.to(mm.intermediate_device())
-        return io.NodeOutput(out, mask, (res.key,), ui=ui.PreviewMask(mask, cls=cls))
+        preview = {**_ui_dict(ui.PreviewMask(mask, cls=cls)), **_ui_dict(ui.PreviewText(res.key_note))}
+        return io.NodeOutput(out, mask, (res.key,), ui=preview)
+
+
+def _ui_dict(output) -> dict:
+    """A V3 UI output -> its dict (two previews, the mask and the key colour's text, go out as one dict)."""
+    return output.as_dict()
 
 
 NODES = [DiffuMattingGreenControl, DiffuMattingGreenControlSampler]

@@ -62,6 +62,11 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                "way."),
                 key_socket_input("Optional key colour to key against (e.g. GreenControlSampler's 'key': the "
                                  "colour the canvas was painted with); wins over key_colour / key_hex."),
+                io.Mask.Input("guide", optional=True, tooltip="Optional previous alpha of the object, 1 = opaque "
+                              "(ObjectOnCanvas 'alpha'), any size of the image's aspect ratio: not kept as the "
+                              "matte but followed where the image is still the object on its canvas; where the "
+                              "image changed (a restyle, an inpaint) GreenPost's own key decides. A smaller guide "
+                              "(after an upscale) is upsampled along the new image's edges. Not with 'alpha'."),
             ],
             outputs=[
                 io.Image.Output("fg", display_name="fg", tooltip="Straight (not premultiplied) foreground RGB."),
@@ -83,7 +88,8 @@ class DiffuMattingGreenPost(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, key_colour, key_hex, share_key_across_batch, clip_black, clip_white, despill,
-                preserve_luminance, refine_radius, high_quality, alpha=None, key=None, keyer="classical") -> io.NodeOutput:
+                preserve_luminance, refine_radius, high_quality, alpha=None, key=None, keyer="classical",
+                guide=None) -> io.NodeOutput:
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"image: expected an IMAGE [B,H,W,3], got {shape}")
@@ -103,9 +109,20 @@ class DiffuMattingGreenPost(io.ComfyNode):
                                  f"{tuple(x.shape[-2:])}")
             if a.shape[0] not in (1, x.shape[0]):
                 raise ValueError(f"alpha: batch of {a.shape[0]} masks for {x.shape[0]} images")
+        g = None
+        if guide is not None:
+            if a is not None:
+                raise ValueError("guide: connect either alpha (kept as the final matte) or guide (a previous alpha "
+                                 "that steers the key), not both")
+            if not isinstance(guide, torch.Tensor) or guide.ndim not in (2, 3):
+                raise ValueError(f"guide: expected a MASK [B,H,W], got {getattr(guide, 'shape', type(guide).__name__)}")
+            g = guide.reshape(-1, 1, guide.shape[-2], guide.shape[-1]).float()
+            if g.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"guide: batch of {g.shape[0]} masks for {x.shape[0]} images")
         if keyer not in MODES:
             raise ValueError(f"keyer: expected one of {', '.join(MODES)}, got {keyer!r}")
-        model = resolve_keyer(keyer) if a is None else None  # a given alpha is kept: no keyer to run
+        # a given alpha is kept, a guide steers the classical key: no keyer to run
+        model = resolve_keyer(keyer) if a is None and g is None else None
         # the connected key, else the widget's: a KeyColour, or "auto" (estimated per chunk's image)
         keys = socket_keys(key, x.shape[0]) if key is not None else widget_key(key_colour, key_hex)
         # the keyer runs on the compute device (the GPU when there is one); classical keying where ComfyUI keeps images
@@ -126,9 +143,10 @@ class DiffuMattingGreenPost(io.ComfyNode):
         for n, i in enumerate(chunks):
             check_interrupted()
             ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + CHUNK]).to(device)
+            gi = None if g is None else (g if g.shape[0] == 1 else g[i : i + CHUNK]).to(device)
             xi = x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK]
             ki = keys[i : i + CHUNK] if isinstance(keys, list) else keys
-            res = key_image(xi, model, alpha=ai, key_colour=ki, high_quality=high_quality, on_tile=tile_done,
+            res = key_image(xi, model, alpha=ai, key_colour=ki, high_quality=high_quality, on_tile=tile_done, guide=gi,
                             black=clip_black, white=clip_white, despill=despill, luma_preserve=preserve_luminance,
                             refine_radius=refine_radius)
             outs.append(_to(res, intermediate_device()))

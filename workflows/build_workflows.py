@@ -31,6 +31,12 @@ GREENSCREEN = "diffumatting_example_greenscreen.png"
 BACKGROUND = "diffumatting_example_background.png"
 CONTROL = "diffumatting_example_control.png"
 BACKGROUND_VIDEO = "diffumatting_example_background.mp4"
+OBJECT_RGBA = "diffumatting_example_object_rgba.png"  # a transparent object (RGBA PNG) for the round trips
+UPSCALE_MODEL = "4x_upscale_model.safetensors"  # any 4x model for UpscaleModelLoader (ESRGAN, SRVGGNet, ...)
+ROUNDTRIP_NOTE = ("\n\nThe round trip: ObjectOnCanvas puts the object on a flat key-colour canvas (auto: the "
+                  "colour farthest from the object's, here magenta for a green object); GreenPost keys the result "
+                  "against that colour ('key') with the old alpha as 'guide': kept where the image is unchanged, "
+                  "GreenPost's own key where it changed.")
 INPUTS_NOTE = ("\n\nThe example inputs (diffumatting_example_*) are copied into ComfyUI's input folder when ComfyUI "
                "starts; pick your own files in the Load nodes.")
 
@@ -190,6 +196,79 @@ WORKFLOWS = [
             ("savevideo", "SaveVideo", {"video": ("create", 0), "filename_prefix": "DiffuMatting/video_composite"}),
             ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
                                               "filename_prefix": "DiffuMatting/object_alpha", "format": "webm"}),
+        ],
+    ),
+    dict(
+        name="10_transparent_img2img_lora",
+        note="# Transparent img2img with a LoRA restyle\nLoadImage reads an RGBA PNG (image + mask = 1 - alpha); "
+             "ObjectOnCanvas puts it on a key-colour canvas; GreenControl (with the canvas colour connected) keeps "
+             "the background that colour while KSampler restyles the object at denoise 0.55 with your LoRA; "
+             "GreenPost keys it back and SaveRGBA writes an RGBA PNG." + ROUNDTRIP_NOTE + INPUTS_NOTE,
+        nodes=[
+            ("load", "LoadImage", {"image": OBJECT_RGBA}),
+            ("canvas", "DiffuMattingObjectOnCanvas", {"image": ("load", 0), "mask": ("load", 1)}),
+            ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15}),
+            ("lora", "LoraLoader", {"model": ("ckpt", 0), "clip": ("ckpt", 1), "lora_name": "your_style_lora.safetensors",
+                                    "strength_model": 0.8, "strength_clip": 0.8}),
+            ("green", "DiffuMattingGreenControl", {"model": ("lora", 0), "clip": ("lora", 1), "vae": ("ckpt", 2),
+                                                   "subject": "a leaf-shaped glass ornament, watercolour style",
+                                                   "negative": NEG, "key_colour": "auto", "strength": 0.8,
+                                                   "key": ("canvas", "key")}),
+            ("encode", "VAEEncode", {"pixels": ("canvas", "image"), "vae": ("ckpt", 2)}),
+            ("ksampler", "KSampler", {"model": ("green", 0), "positive": ("green", 1), "negative": ("green", 2),
+                                      "latent_image": ("encode", 0), "seed": 1234, "steps": 25, "cfg": 6.0,
+                                      "sampler_name": "euler", "scheduler": "normal", "denoise": 0.55}),
+            ("decode", "VAEDecode", {"samples": ("ksampler", 0), "vae": ("ckpt", 2)}),
+            ("key", "DiffuMattingGreenPost", {"image": ("decode", 0), "key": ("green", "key"),
+                                              "guide": ("canvas", "alpha")}),
+            ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
+            ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
+                                              "filename_prefix": "DiffuMatting/restyled", "format": "png"}),
+        ],
+    ),
+    dict(
+        name="11_transparent_inpaint",
+        note="# Transparent inpaint\nThe object on its key-colour canvas is repainted inside a mask on the object "
+             "(here its own alpha: SetLatentNoiseMask; connect your own mask, e.g. painted in LoadImage's mask "
+             "editor, to repaint only a part); the canvas outside stays as it was, GreenControl keeps it the key "
+             "colour, and GreenPost keys the result with the old alpha as guide." + ROUNDTRIP_NOTE + INPUTS_NOTE,
+        nodes=[
+            ("load", "LoadImage", {"image": OBJECT_RGBA}),
+            ("canvas", "DiffuMattingObjectOnCanvas", {"image": ("load", 0), "mask": ("load", 1)}),
+            ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD15}),
+            ("green", "DiffuMattingGreenControl", {"model": ("ckpt", 0), "clip": ("ckpt", 1), "vae": ("ckpt", 2),
+                                                   "subject": "a leaf made of gold, intricate detail",
+                                                   "negative": NEG, "key_colour": "auto", "strength": 0.8,
+                                                   "key": ("canvas", "key")}),
+            ("encode", "VAEEncode", {"pixels": ("canvas", "image"), "vae": ("ckpt", 2)}),
+            ("noisemask", "SetLatentNoiseMask", {"samples": ("encode", 0), "mask": ("canvas", "alpha")}),
+            ("ksampler", "KSampler", {"model": ("green", 0), "positive": ("green", 1), "negative": ("green", 2),
+                                      "latent_image": ("noisemask", 0), "seed": 1234, "steps": 25, "cfg": 6.0,
+                                      "sampler_name": "euler", "scheduler": "normal", "denoise": 0.75}),
+            ("decode", "VAEDecode", {"samples": ("ksampler", 0), "vae": ("ckpt", 2)}),
+            ("key", "DiffuMattingGreenPost", {"image": ("decode", 0), "key": ("green", "key"),
+                                              "guide": ("canvas", "alpha")}),
+            ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
+            ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
+                                              "filename_prefix": "DiffuMatting/inpainted", "format": "png"}),
+        ],
+    ),
+    dict(
+        name="12_transparent_upscale_4x",
+        note="# Transparent 4x upscale\nAny upscale model (models/upscale_models: ESRGAN, SRVGGNet / Real-ESRGAN, "
+             "...) upscales the object on its key-colour canvas; GreenPost keys the 4x image with the old, small "
+             "alpha as guide, upsampled along the new image's edges, and SaveRGBA writes a 16-bit RGBA PNG. Pick "
+             "your model file in UpscaleModelLoader." + ROUNDTRIP_NOTE + INPUTS_NOTE,
+        nodes=[
+            ("load", "LoadImage", {"image": OBJECT_RGBA}),
+            ("canvas", "DiffuMattingObjectOnCanvas", {"image": ("load", 0), "mask": ("load", 1)}),
+            ("upmodel", "UpscaleModelLoader", {"model_name": UPSCALE_MODEL}),
+            ("upscale", "ImageUpscaleWithModel", {"upscale_model": ("upmodel", 0), "image": ("canvas", "image")}),
+            ("key", "DiffuMattingGreenPost", {"image": ("upscale", 0), "key": ("canvas", "key"),
+                                              "guide": ("canvas", "alpha")}),
+            ("preview", "DiffuMattingPreviewRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha")}),
+            ("save", "DiffuMattingSaveRGBA", {"fg": ("key", "fg"), "alpha": ("key", "alpha"),
+                                              "filename_prefix": "DiffuMatting/upscaled", "format": "png16"}),
         ],
     ),
     dict(

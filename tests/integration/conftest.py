@@ -351,3 +351,33 @@ def make_test_image(width: int, height: int, batch: int = 1, kind: str = "greens
         images.append(img)
         alphas.append(alpha)
     return torch.stack(images), torch.stack(alphas)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny upscale model (issue #20): the 4x round-trip template's UpscaleModelLoader reads models/upscale_models
+
+
+TINY_UPSCALE_MODEL = "4x_upscale_model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_upscale_model(comfy):
+    """File name of a tiny 4x SRVGGNetCompact (spandrel's class, the one ComfyUI's UpscaleModelLoader loads; 8
+    features, 2 convolutions, small random weights: about the input upsampled plus noise) in a temporary
+    ``upscale_models`` folder registered first with ComfyUI."""
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    folder = comfy.models_dir / "upscale_models"
+    folder.mkdir(parents=True, exist_ok=True)
+    comfy.folder_paths.add_model_folder_path("upscale_models", str(folder), is_default=True)
+    path = folder / TINY_UPSCALE_MODEL
+    if not path.exists():
+        torch.manual_seed(0)
+        net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.05)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return TINY_UPSCALE_MODEL

@@ -559,7 +559,7 @@ def test_green_control_outputs_the_key_it_painted_and_takes_a_connected_one(gc, 
     out = run_prompt(prompt("green", key=["kc", 0]))  # an older value in the widget, and a connected key
     assert out["key"][0].hex == "#1040c0" and out["key"][0].word == "blue"
     options = gc.DiffuMattingGreenControl.INPUT_TYPES()["required"]["key_colour"][1]["options"]
-    assert "auto" not in options and "chroma green #00B140" in options
+    assert "auto" in options and "chroma green #00B140" in options  # auto: chosen from the subject text (issue 20)
     assert gc.DEFAULT_KEY == "chroma green #00B140"
 
 

@@ -17,7 +17,8 @@ API_DIR = WF_DIR / "api"
 EXPECTED = {
     "01_text_to_transparent_sd15", "02_text_to_transparent_matting_head", "03_text_to_transparent_lora",
     "04_text_to_transparent_controlnet", "05_text_to_transparent_sdxl", "06_key_greenscreen_image",
-    "07_composite_onto_background", "08_video_composite", "09_data_factory",
+    "07_composite_onto_background", "08_video_composite", "09_data_factory", "10_transparent_img2img_lora",
+    "11_transparent_inpaint", "12_transparent_upscale_4x",
 }
 FRONTEND_ONLY = {"MarkdownNote", "Note", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -278,13 +279,15 @@ def _outputs(result, node_id):
 
 
 @pytest.mark.parametrize("name", API_NAMES)
-def test_api_workflow_runs_on_tiny_models(comfy, run_prompt, tiny_sd15, name):
+def test_api_workflow_runs_on_tiny_models(comfy, run_prompt, tiny_sd15, tiny_upscale_model, name):
     prompt = json.loads((API_DIR / f"{name}.json").read_text())
     kinds = {node["class_type"] for node in prompt.values()}
     comfy.pack.install_example_inputs(comfy.folder_paths.get_input_directory())  # what a UI start does
     for node in prompt.values():
         if node["class_type"] == "LoraLoader":
             _write_lora(comfy, node["inputs"]["lora_name"], tiny_sd15)
+        if node["class_type"] == "UpscaleModelLoader":
+            assert node["inputs"]["model_name"] == tiny_upscale_model  # the shipped name, a tiny random model here
         if node["class_type"] == "DiffuMattingLoader":
             # the shipped name stands for a head trained on the SD VAE; the tiny VAE needs its own (untrained) one
             node["inputs"]["head_name"] = _write_tiny_head(comfy, tiny_sd15)

@@ -32,6 +32,7 @@ KEY_OUTPUT_SLOT = {
     "DiffuMattingKeyColour": 0,
     "DiffuMattingMattingHeadDecode": 4,
     "DiffuMattingGreenPost": 5,
+    "DiffuMattingObjectOnCanvas": 1,  # the canvas colour it put the object on
 }
 PAINTERS = {"DiffuMattingGreenControl", "DiffuMattingGreenControlSampler"}
 CONSUMERS = {"DiffuMattingMattingHeadDecode", "DiffuMattingGreenPost", "DiffuMattingSaveMattingDataset"}
