@@ -324,7 +324,32 @@ def _register_test_nodes(nodes_module) -> None:
             image, alpha = make_test_image(width, height, batch, kind)
             return (image, alpha)
 
-    for cls in (DMTestTinyModels, DMTestCapture, DMTestImage):
+    class DMTestBadRGBA:
+        """fg IMAGE, alpha MASK and background IMAGE the core nodes cannot make: one NaN in one of them, or an empty
+        batch (issue 19 N1-N6)."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"kind": (["fine", "nan_fg", "nan_alpha", "nan_background", "empty"], {})}}
+
+        RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+        FUNCTION = "make"
+        CATEGORY = "testing"
+
+        def make(self, kind):
+            n = 0 if kind == "empty" else 2
+            g = torch.Generator().manual_seed(0)
+            fg, alpha = torch.rand(n, 48, 64, 3, generator=g), torch.rand(n, 48, 64, generator=g)
+            bg = torch.rand(max(n, 1), 48, 64, 3, generator=g)
+            if kind == "nan_fg":
+                fg[1, 5, 6, 0] = float("nan")
+            elif kind == "nan_alpha":
+                alpha[0, 7, 8] = float("nan")
+            elif kind == "nan_background":
+                bg[0, 9, 10, 2] = float("nan")
+            return fg, alpha, bg
+
+    for cls in (DMTestTinyModels, DMTestCapture, DMTestImage, DMTestBadRGBA):
         nodes_module.NODE_CLASS_MAPPINGS[cls.__name__] = cls
         nodes_module.NODE_DISPLAY_NAME_MAPPINGS[cls.__name__] = cls.__name__
 

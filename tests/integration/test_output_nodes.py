@@ -261,34 +261,9 @@ def test_save_matting_dataset_key_input_wins_and_old_widget_values_work(comfy, r
 # outside the output folder through a symbolic link
 
 
-class DMTestBadRGBA:
-    """An IMAGE and a MASK the core nodes cannot make: one NaN in fg / alpha / background, or an empty batch."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"kind": (["fine", "nan_fg", "nan_alpha", "nan_background", "empty"], {})}}
-
-    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
-    FUNCTION = "make"
-    CATEGORY = "testing"
-
-    def make(self, kind):
-        n = 0 if kind == "empty" else 2
-        fg, alpha, bg = torch.rand(n, 48, 64, 3), torch.rand(n, 48, 64), torch.rand(max(n, 1), 48, 64, 3)
-        if kind == "nan_fg":
-            fg[1, 5, 6, 0] = float("nan")
-        elif kind == "nan_alpha":
-            alpha[0, 7, 8] = float("nan")
-        elif kind == "nan_background":
-            bg[0, 9, 10, 2] = float("nan")
-        return fg, alpha, bg
-
-
 @pytest.fixture()
 def bad_rgba(comfy):
-    comfy.nodes.NODE_CLASS_MAPPINGS["DMTestBadRGBA"] = DMTestBadRGBA
-    yield "DMTestBadRGBA"
-    comfy.nodes.NODE_CLASS_MAPPINGS.pop("DMTestBadRGBA", None)
+    return "DMTestBadRGBA"  # the harness's test node (tests/integration/conftest.py)
 
 
 def _all_files(root: Path) -> set[str]:

@@ -15,36 +15,9 @@ import pytest
 import torch
 
 
-class DMReportRGBA:
-    """fg IMAGE, alpha MASK and background IMAGE the core nodes cannot make: one NaN in one of them, or empty."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"kind": (["fine", "nan_fg", "nan_alpha", "nan_background", "empty"], {})}}
-
-    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
-    FUNCTION = "make"
-    CATEGORY = "testing"
-
-    def make(self, kind):
-        n = 0 if kind == "empty" else 2
-        g = torch.Generator().manual_seed(0)
-        fg, alpha, bg = torch.rand(n, 48, 64, 3, generator=g), torch.rand(n, 48, 64, generator=g), \
-            torch.rand(max(n, 1), 48, 64, 3, generator=g)
-        if kind == "nan_fg":
-            fg[1, 5, 6, 0] = float("nan")
-        elif kind == "nan_alpha":
-            alpha[0, 7, 8] = float("nan")
-        elif kind == "nan_background":
-            bg[0, 9, 10, 2] = float("nan")
-        return fg, alpha, bg
-
-
 @pytest.fixture()
 def src(comfy):
-    comfy.nodes.NODE_CLASS_MAPPINGS["DMReportRGBA"] = DMReportRGBA
-    yield "DMReportRGBA"
-    comfy.nodes.NODE_CLASS_MAPPINGS.pop("DMReportRGBA", None)
+    return "DMTestBadRGBA"  # the harness's test node (tests/integration/conftest.py)
 
 
 def defaults(comfy, class_type: str, **given) -> dict:
