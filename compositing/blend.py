@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 
+from ..common.checks import check_unit_range
+
 # Below this alpha a premultiplied colour carries no usable straight colour (unpremultiplying would amplify noise).
 ALPHA_EPS = 1e-6
 
@@ -53,6 +55,7 @@ def _check(name: str, t: torch.Tensor, channels: int) -> None:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name}: holds {bad} NaN or infinite value(s); expected finite values in [0, 1]")
+    check_unit_range(name, t)  # a few per cent of resampling overshoot is clipped later; more is a wrong input
 
 
 def alpha_over(fg: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor, premultiplied: bool = False,

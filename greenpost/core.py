@@ -13,6 +13,7 @@ from .band import (bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, d
                    pool_factor, upsample, upsample_planes)
 from ..common.keycolour import (MIN_KEY_DOMINANCE, KeyColour, NoKeyColourWarning, key_channels, key_difference,
                                 key_dominance, key_rgb, resolve_key_colours)
+from ..common.checks import check_unit_range
 from .guide import blend_guide, check_guide, fit_guide, guide_change
 from .unmix import despill
 
@@ -234,6 +235,7 @@ def _check_alpha(alpha, image: torch.Tensor) -> torch.Tensor | None:
     alpha = alpha.float()
     if not torch.isfinite(alpha).all():
         raise ValueError("alpha: contains NaN or infinite values")
+    check_unit_range("alpha", alpha)  # resampling overshoot is clipped below; an inverted / offset mask is refused
     return alpha.expand(b, 1, h, w).clamp(0, 1).to(image.device)
 
 
@@ -294,6 +296,8 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     upsampled with the image as guidance (``extras["guide_weight"]``: [B,1,H,W], 1 where the own key decided).
     ``options``: see :class:`GreenPostOptions`.
     """
+    if not isinstance(high_quality, bool) and not (isinstance(high_quality, int) and high_quality in (0, 1)):
+        raise ValueError(f"high_quality: expected True or False, got {high_quality!r}")  # 'no' would be truthy
     opts = GreenPostOptions.from_kwargs(**options)
     out_dtype = image.dtype if isinstance(image, torch.Tensor) and image.is_floating_point() else torch.float32
     image, grey = _check_image(image)

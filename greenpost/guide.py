@@ -23,6 +23,8 @@ with the old alpha as a *guide*, not as the final matte:
 from __future__ import annotations
 
 import torch
+
+from ..common.checks import check_unit_range
 import torch.nn.functional as F
 
 from .band import box, colour_guided_filter, morph
@@ -54,6 +56,7 @@ def check_guide(guide, image: torch.Tensor) -> torch.Tensor:
     guide = guide.float()
     if not torch.isfinite(guide).all():
         raise ValueError("guide: contains NaN or infinite values")
+    check_unit_range("guide", guide)
     return guide.clamp(0, 1).expand(b, 1, gh, gw).to(image.device)
 
 
