@@ -22,6 +22,7 @@ class LoadedImage:
     bit_depth: int  # 8 or 16
     source_mode: str  # "gray", "rgb", "gray+alpha", "rgba", "palette"
     clipped: bool = False  # a float file (TIFF) held values outside [0, 1], clipped to it
+    frames: int = 1  # frames / pages in the file (animated GIF, APNG, animated WebP, multi-page TIFF); only the first is read
 
 
 # ------------------------------------------------------------------------------------------------ EXIF orientation
@@ -154,7 +155,7 @@ def load_image(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: in
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
+        raise ValueError(f"{path}: {not_a_file(path)}")
     data = np.fromfile(path, dtype=np.uint8)
     head = data[: 1 << 20].tobytes()
     if max_pixels is not None:
@@ -199,7 +200,53 @@ def load_image(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: in
         raise ValueError(f"{path}: image is {w}x{h} px; at least {min_size}x{min_size} px is needed")
     rgb_t = torch.from_numpy(np.ascontiguousarray(np.clip(rgb, 0, 1))).permute(2, 0, 1).contiguous()
     alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(np.clip(alpha, 0, 1)))[None]
-    return LoadedImage(rgb_t, alpha_t, min(depth, 16), mode, clipped)
+    return LoadedImage(rgb_t, alpha_t, min(depth, 16), mode, clipped, frame_count(path, head))
+
+
+def not_a_file(path: str | os.PathLike) -> str:
+    """Why ``path`` is not a regular file, in words for a one-line error: ``no such file``, ``is a folder``, ``is a
+    named pipe (FIFO)``, ``is a device``... (hostile X13: a FIFO or a link to /dev/zero is not "missing")."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file (a broken symbolic link)" if os.path.islink(path) else "no such file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder; expected an image file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a regular file; expected an image file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file; expected an image file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file; expected an image file"
+    return "is not a regular file; expected an image file"
+
+
+def frame_count(path: str, head: bytes) -> int:
+    """How many frames / pages an image file holds (animated GIF, APNG, animated WebP, multi-page TIFF), 1 for still
+    images or when it cannot be told. :func:`load_image` reads only the first (hostile X12: callers say so)."""
+    import cv2
+
+    maybe = (head[:6] in (b"GIF87a", b"GIF89a") or head[:4] in (b"II*\x00", b"MM\x00*")
+             or (head[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" in head.split(b"IDAT", 1)[0])
+             or (head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and head[20] & 0x02))
+    if not maybe:
+        return 1
+    try:
+        return max(1, int(cv2.imcount(path)))
+    except Exception:  # an odd file or an OpenCV without the decoder: the first frame was read, that is what counts
+        return 1
+
+
+def frames_note(img: LoadedImage) -> str | None:
+    """The one-line note for a multi-frame file (only its first frame is used), or None for a still image."""
+    if img.frames > 1:
+        return (f"it holds {img.frames} frames (animated or multi-page); only the first was used (extract the "
+                "frames to key them all)")
+    return None
 
 
 def _png_colour_type(head: bytes) -> int | None:

@@ -216,6 +216,20 @@ def key_dominance(key: torch.Tensor) -> torch.Tensor:
     return key_difference(key, key_channels(key))[:, 0]
 
 
+def as_key_colour(value) -> KeyColour | None:
+    """``value`` as this module's :class:`KeyColour`, or None when it is not one. A KeyColour of the pack's other
+    import (``diffumatting.common.keycolour`` vs the copy ComfyUI imports under the pack's folder name: same class,
+    other identity; hostile X19) is recognised by its class name and fields and converted (its values checked)."""
+    if isinstance(value, KeyColour):
+        return value
+    if type(value).__name__ == "KeyColour" and all(hasattr(value, a) for a in ("rgb", "source", "preset")):
+        try:
+            return KeyColour(tuple(value.rgb), value.source, value.preset)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def expand_key_colours(value, batch: int, name: str = "key_colour") -> list[KeyColour]:
     """A KeyColour, a list of 1 or ``batch`` of them, a ``[1,3]``/``[batch,3]`` tensor in [0,1] or anything
     :func:`parse_key_colour` reads -> ``batch`` KeyColours ("auto" is refused: it needs an image)."""
@@ -225,12 +239,13 @@ def expand_key_colours(value, batch: int, name: str = "key_colour") -> list[KeyC
         if not torch.isfinite(value).all() or value.min() < 0 or value.max() > 1:
             raise ValueError(f"{name}: tensor values must be finite and in [0, 1]")
         keys = [KeyColour(tuple(row), "rgb") for row in value.float().tolist()]
-    elif isinstance(value, (list, tuple)) and value and all(isinstance(k, KeyColour) for k in value):
-        keys = list(value)
+    elif isinstance(value, (list, tuple)) and value and all(as_key_colour(k) is not None for k in value):
+        keys = [as_key_colour(k) for k in value]
     else:
-        keys = [parse_key_colour(value, name)]
+        keys = [as_key_colour(value) or parse_key_colour(value, name)]
     if len(keys) not in (1, batch):
-        raise ValueError(f"{name}: expected 1 or {batch} key colours for a batch of {batch}, got {len(keys)}")
+        wanted = "1 key colour" if batch == 1 else f"1 or {batch} key colours"
+        raise ValueError(f"{name}: expected {wanted} for a batch of {batch}, got {len(keys)}")
     return keys * batch if len(keys) == 1 else keys
 
 

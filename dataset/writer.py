@@ -49,7 +49,7 @@ import torch
 
 from ..common.files import atomic_write_bytes, atomic_write_text, fsync_dir
 from ..common.images import encode_png
-from ..common.keycolour import KeyColour, parse_key_colour
+from ..common.keycolour import as_key_colour, parse_key_colour
 from .lock import LOCK_NAME, DatasetLockedError, FolderLock
 from .quality import QualityThresholds, gate, quality_scores
 from .trimap import MAX_TRIMAP_RADIUS, make_trimap
@@ -89,6 +89,11 @@ def _read_rows(path: str, repair: bool) -> list[dict]:
     """Rows of a JSON-lines file. Only a torn LAST line (bytes after the final newline: a killed append) is cut off,
     and only if ``repair``; a bad line anywhere else raises ``ValueError`` naming the file and line (nothing changed).
     """
+    return [row for _, row in _read_numbered(path, repair)]
+
+
+def _read_numbered(path: str, repair: bool = False) -> list[tuple[int, dict]]:
+    """:func:`_read_rows` with each row's line number: ``[(line, row), ...]``."""
     if not os.path.isfile(path):
         return []
     with open(path, "rb") as f:
@@ -105,7 +110,7 @@ def _read_rows(path: str, repair: bool) -> list[dict]:
         if not isinstance(row, dict):
             raise ValueError(f"{path}: line {number} is not a JSON object row (a hand edit, or a damaged file); "
                              "fix or delete that line, nothing was changed")
-        rows.append(row)
+        rows.append((number, row))
     if tail and repair:
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(tail))
@@ -185,11 +190,41 @@ def open_writer(root: str | os.PathLike, **settings) -> "MattingDatasetWriter":
         return MattingDatasetWriter(root, **settings)
 
 
+def check_layout(root: str | os.PathLike) -> None:
+    """Up front, before anything is created: the data set's files (``metadata.jsonl``, ``rejected.jsonl``,
+    ``failed.jsonl``, ``stats.json``) are files and its sample folders folders, where they exist; ``ValueError``
+    naming the one that is not (hostile X10: a folder named metadata.jsonl)."""
+    root = os.fspath(root)
+    for entry in (METADATA, REJECTED, FAILED, "stats.json"):
+        path = os.path.join(root, entry)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise ValueError(f"{path}: is not a regular file (a folder or a device); the data set keeps its "
+                             f"{entry} there, so move it away or choose another folder")
+    for entry in FOLDERS:
+        path = os.path.join(root, entry)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path}: is not a folder; the data set keeps its {entry}/ files there, so move it away "
+                             "or choose another folder")
+
+
 def check_trimap_radius(radius, name: str = "trimap_radius") -> int:
     """An unknown-band half width: an int in [0, MAX_TRIMAP_RADIUS] -> it; ``ValueError`` naming ``name`` otherwise."""
     if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= MAX_TRIMAP_RADIUS:
         raise ValueError(f"{name}: expected a whole number of pixels in 0..{MAX_TRIMAP_RADIUS}, got {radius!r}")
     return radius
+
+
+def check_text(value, name: str) -> str:
+    """A caption / metadata string -> it; ``ValueError`` naming ``name`` when it is not a string or cannot be stored
+    as UTF-8 (a lone surrogate such as ``\\udcff``, which JSON and Python strings allow; hostile X9)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name}: holds {value[exc.start]!r} at position {exc.start}, a lone surrogate that is not "
+                         "valid Unicode text and cannot be stored as UTF-8; remove it") from None
+    return value
 
 
 def _check_name(name) -> None:
@@ -220,9 +255,12 @@ def prepare_sample(name: str, image: torch.Tensor, fg: torch.Tensor, alpha: torc
     image, fg, alpha = image.detach().float().cpu(), fg.detach().float().cpu(), alpha.detach().float().cpu()
     if isinstance(key_colour, torch.Tensor):
         key_colour = key_colour.detach().float().cpu().reshape(-1)
-    elif not isinstance(key_colour, KeyColour) and all(hasattr(key_colour, a) for a in ("rgb", "source", "preset")):
-        # a KeyColour of the pack's other import (ComfyUI's copy of it, when the CLI shares its writer)
-        key_colour = KeyColour(tuple(key_colour.rgb), key_colour.source, key_colour.preset)
+    else:  # also a KeyColour of the pack's other import (ComfyUI's copy of it, when the CLI shares its writer)
+        key_colour = as_key_colour(key_colour) or key_colour
+    check_text(caption, "caption")
+    for k, v in (meta or {}).items():
+        if isinstance(v, str):
+            check_text(v, k)
     key = parse_key_colour(key_colour, "key_colour")
     scores = quality_scores(fg[None], alpha[None], key, thresholds)[0]
     reasons = gate(scores, thresholds) if gate_enabled else []
@@ -356,6 +394,7 @@ class MattingDatasetWriter:
         self._mutex = threading.RLock()
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise ValueError(f"{self.root}: exists and is not a folder")
+        check_layout(self.root)
         with _OPEN_MUTEX:
             other = _OPEN.get(self.root)
             if other is not None and not other.closed:
@@ -448,8 +487,8 @@ class MattingDatasetWriter:
         self._check_open()
         with self._mutex:
             paths = [os.path.join(self.root, f) for f in (METADATA, REJECTED, FAILED)]
-            for path in paths:  # every file checked before anything is changed
-                _read_rows(path, repair=False)
+            # every file checked before anything is changed
+            self._check_rows({path: _read_numbered(path) for path in paths})
             rows, rejected, failed = (_read_rows(path, repair=True) for path in paths)
             self.committed = {r["name"]: r for r in rows if "name" in r}
             self.rejected = {r["name"]: r for r in rejected if "name" in r}
@@ -476,6 +515,31 @@ class MattingDatasetWriter:
                         os.remove(marker)
             shutil.rmtree(os.path.join(self.root, ".staging"), ignore_errors=True)
             return rolled_back
+
+    def _check_rows(self, numbered: dict[str, list[tuple[int, dict]]]) -> None:
+        """The rows of ``metadata.jsonl`` / ``rejected.jsonl`` / ``failed.jsonl`` describe what is on disk, or a
+        ``ValueError`` names the file, the line and the fix (nothing changed; hostile X15): a sample name in two
+        rows (a copied line), and an accepted row whose file is missing (deleted by hand)."""
+        seen: dict[str, tuple[str, int]] = {}
+        for path, rows in numbered.items():
+            for number, row in rows:
+                name = row.get("name")
+                if not isinstance(name, str):
+                    continue
+                if name in seen:
+                    first, line = seen[name]
+                    where = f"line {line}" if first == path else f"{os.path.basename(first)} line {line}"
+                    raise ValueError(f"{path}: line {number} repeats sample {name!r} (also on {where}; a hand edit "
+                                     "or a copied line); delete one of the two rows, nothing was changed")
+                seen[name] = (path, number)
+                files = row.get("files") if os.path.basename(path) == METADATA else None
+                if isinstance(files, dict):
+                    missing = [str(rel) for rel in files.values()
+                               if not os.path.isfile(os.path.join(self.root, str(rel)))]
+                    if missing:
+                        raise ValueError(f"{path}: line {number} (sample {name!r}) names {len(missing)} missing "
+                                         f"file(s): {', '.join(missing[:3])}; restore them, or delete that row to "
+                                         "drop the sample (and its other files); nothing was changed")
 
     def __contains__(self, name: str) -> bool:
         return name in self.committed or name in self.rejected or name in self.failed

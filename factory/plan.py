@@ -6,6 +6,8 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 NAME_PREFIX = "gen"
+MAX_COUNT = 1_000_000  # the most accepted samples one run may ask for (``generate --count``)
+MAX_PLAN = 3 * MAX_COUNT  # the most samples one run may plan (``--max-attempts``; the default is 3 x count)
 
 
 def sample_name(index: int) -> str:
@@ -41,5 +43,8 @@ class Plan:
 
     def pending(self, limit: int, done: Container[str]) -> list[PlannedSample]:
         """The samples of indices ``0 .. limit-1`` whose name is not in ``done`` (committed, rejected or failed), in
-        plan order: what a (resumed) run still has to make."""
+        plan order: what a (resumed) run still has to make. ``ValueError`` when ``limit`` is over :data:`MAX_PLAN`
+        (the plan is a list: a limit of 10^20 would never finish building it; hostile X6)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_PLAN:
+            raise ValueError(f"limit: expected a whole number of samples in 0..{MAX_PLAN}, got {limit!r}")
         return [s for s in map(self.sample, range(limit)) if s.name not in done]

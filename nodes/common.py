@@ -61,12 +61,20 @@ def widget_key(value: str, hex_value: str | None = None, name: str = "key_colour
 
 def socket_keys(value, batch: int, name: str = "key") -> list:
     """What came in on a key-colour socket -> ``batch`` KeyColours (one for all images, or one per image)."""
-    from ..common.keycolour import KeyColour, expand_key_colours
+    from ..common.keycolour import as_key_colour, expand_key_colours
 
-    keys = [value] if isinstance(value, KeyColour) else list(value) if isinstance(value, (list, tuple)) else None
-    if not keys or not all(isinstance(k, KeyColour) for k in keys):
+    # as_key_colour: also a KeyColour of the pack's other import (`import diffumatting` in a script or another
+    # pack; hostile X19), converted
+    one = as_key_colour(value)
+    keys = [one] if one is not None else list(value) if isinstance(value, (list, tuple)) else None
+    if not keys:
         raise ValueError(f"{name}: expected a key colour (DIFFUMATTING_KEY_COLOUR), got {type(value).__name__}")
-    return expand_key_colours(keys, batch, name)
+    converted = [as_key_colour(k) for k in keys]
+    bad = next((k for k, c in zip(keys, converted) if c is None), None)
+    if any(c is None for c in converted):
+        raise ValueError(f"{name}: expected a key colour (DIFFUMATTING_KEY_COLOUR) or a list of them, got a "
+                         f"{type(value).__name__} holding a {type(bad).__name__}")
+    return expand_key_colours(converted, batch, name)
 
 
 def key_socket_input(tooltip: str):

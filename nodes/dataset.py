@@ -7,7 +7,7 @@ import os
 from comfy_api.latest import io, ui
 
 from ..common.keycolour import AUTO, resolve_key_colours
-from ..dataset import MAX_TRIMAP_RADIUS, QualityThresholds, open_writer
+from ..dataset import MAX_TRIMAP_RADIUS, QualityThresholds, check_text, open_writer
 from .common import (category, check_key_widget, image_to_bchw, key_colour_options, key_socket_input, key_summary,
                      mask_to_b1hw, socket_keys, widget_key)
 
@@ -95,9 +95,15 @@ class DiffuMattingSaveMattingDataset(io.ComfyNode):
         for arg, t in (("image", img), ("fg", colour), ("alpha", a)):
             if t.shape[0] == 0 or t.shape[-1] == 0 or t.shape[-2] == 0:
                 raise ValueError(f"{arg}: the batch is empty ({tuple(t.shape)}); nothing to write")
-        from ..compositing import broadcast_batch
-
-        batch, t = broadcast_batch({"image": img, "fg": colour, "alpha": a})
+        # no broadcasting (hostile X4): a sample is one image with ITS OWN fg and alpha; a batch-1 fg or alpha
+        # beside a larger image batch would pair image i with image 0's matte
+        for arg, t in (("fg", colour), ("alpha", a)):
+            if t.shape[0] != img.shape[0]:
+                raise ValueError(f"{arg}: a batch of {t.shape[0]}, but image is a batch of {img.shape[0]}; each "
+                                 f"sample needs its own image, fg and alpha, so the batches must match")
+        for arg, text in (("prompt", prompt), ("model", model), ("name", name)):
+            check_text(text, arg)
+        batch, t = img.shape[0], {"image": img, "fg": colour, "alpha": a}
         if not (img.shape[-2:] == colour.shape[-2:] == a.shape[-2:]):
             raise ValueError(f"image {tuple(img.shape[-2:])}, fg {tuple(colour.shape[-2:])} and alpha "
                              f"{tuple(a.shape[-2:])}: height and width must match")

@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..compositing import alpha_over, checkerboard
 from ..dataset.rgba_io import encode_rgba_png, write_webm_rgba
-from ..common.files import atomic_write_bytes
+from ..common.files import atomic_write_bytes, check_name_length
 from .common import category, to_image
 from .composite import split_fg_alpha
 
@@ -41,6 +41,16 @@ def _check_inside(path: str, output_dir: str, filename_prefix: str) -> None:
     if not _inside(path, output_dir):
         raise ValueError(f"filename_prefix: {filename_prefix!r} leads outside the output folder {output_dir} (through "
                          f"a symbolic link to {os.path.realpath(path)}); saving there is not allowed")
+
+
+def _check_length(path: str, filename_prefix: str) -> None:
+    """A file name the file system cannot hold -> ``ValueError`` naming filename_prefix (hostile X1: it was a raw
+    ``OSError: [Errno 36] File name too long``)."""
+    try:
+        check_name_length(path)
+    except ValueError as exc:
+        raise ValueError(f"filename_prefix: too long ({len(os.path.basename(filename_prefix).encode())} bytes of file "
+                         f"name): {exc}") from None
 
 
 def _broadcast(fg: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,16 +115,20 @@ class DiffuMattingSaveRGBA(io.ComfyNode):
         text = _metadata(cls)
         if format == "webm":
             file = f"{filename}_{counter:05}_.webm"
+            _check_length(os.path.join(folder, file), filename_prefix)
             write_webm_rgba(os.path.join(folder, file), colour, a, fps=fps, crf=crf, metadata=text)
             return io.NodeOutput(ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
         if format == "png_sequence":
             seq = f"{filename}_{counter:05}_"
+            _check_length(os.path.join(folder, seq), filename_prefix)
             _check_inside(os.path.join(folder, seq), output_dir, filename_prefix)
             os.makedirs(os.path.join(folder, seq), exist_ok=True)
             subfolder = os.path.join(subfolder, seq)
             names = [os.path.join(seq, f"frame_{i:05}.png") for i in range(colour.shape[0])]
         else:
             names = [f"{filename.replace('%batch_num%', str(i))}_{counter + i:05}_.png" for i in range(colour.shape[0])]
+        for name in names:  # every name checked before the first file is written
+            _check_length(os.path.join(folder, name), filename_prefix)
         bits = 16 if format == "png16" else 8
         results = []
         for i, name in enumerate(names):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.files import atomic_path, fsync_dir
+from ..common.files import atomic_path, fsync_dir, name_max, temp_prefix
 
 FORMAT = "diffumatting.train_checkpoint"
 VERSION = 2
@@ -194,7 +194,11 @@ def stale_files(path: str | os.PathLike) -> list[Path]:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         return []
-    return sorted(folder.glob(f".{path.name}.*.partial*"))
+    import glob
+
+    # the same prefix atomic_path gives (a long name is cut short there, hostile X1)
+    prefix = temp_prefix(path.name, path.suffix, name_max(folder))
+    return sorted(folder.glob(glob.escape(prefix) + "*.partial*"))
 
 
 def clean_stale(path: str | os.PathLike) -> int:

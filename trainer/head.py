@@ -118,6 +118,9 @@ class TrainConfig:
         _int("seed", self.seed, 0)
         _num("max_minutes", self.max_minutes, 0.0, 1e7)
         _int("workers", self.workers, 0)
+        if self.workers > max_workers():  # hostile X7: 100000 forked hundreds of processes and never trained
+            raise ConfigError("workers", f"expected at most {max_workers()} sample processes (4 per CPU core of "
+                              f"this machine, at most {MAX_WORKERS}), got {self.workers}")
         check_loss_weights(self.loss_weights)
 
 
@@ -361,9 +364,17 @@ def _grad(x):
 LOSS_WEIGHTS = {"l1": 1.0, "l2": 4.0, "lap": 1.0, "grad": 0.5, "comp": 1.0, "fg": 0.5}
 
 
+def max_workers() -> int:
+    """The most sample processes ``workers`` may ask for: 4 per CPU core of this machine, at most 256."""
+    return max(1, min(MAX_WORKERS, 4 * (os.cpu_count() or 1)))
+
+
+MAX_WORKERS = 256
+
+
 def check_loss_weights(weights: dict) -> dict:
-    """{term: weight} overrides of LOSS_WEIGHTS -> the same as floats; ValueError for an unknown term or a weight that
-    is not finite and >= 0."""
+    """{term: weight} overrides of LOSS_WEIGHTS -> the same as floats; ValueError for an unknown term, a weight that
+    is not finite and >= 0, or overrides that leave every term at 0 (nothing would be learnt; hostile X17)."""
     unknown = sorted(set(weights) - set(LOSS_WEIGHTS))
     if unknown:
         raise ValueError(f"loss weights: unknown term(s) {unknown}; expected some of {sorted(LOSS_WEIGHTS)}")
@@ -371,6 +382,9 @@ def check_loss_weights(weights: dict) -> dict:
     bad = {k: v for k, v in out.items() if not 0 <= v < math.inf}
     if bad:
         raise ValueError(f"loss weights: expected finite weights >= 0, got {bad}")
+    if not any(v > 0 for v in {**LOSS_WEIGHTS, **out}.values()):
+        raise ValueError("loss weights: every term is 0, so the head would learn nothing; expected at least one "
+                         "positive weight")
     return out
 
 
@@ -423,8 +437,41 @@ def _decoder_record(info: dict) -> dict:
     return rec
 
 
-def _check_resume(path: str, saved: dict, info: dict, head: MattingHead) -> None:
+# The settings a resumed run must share with its checkpoint: they shape every step (crop, batch, learning rate,
+# losses) or the sample stream (seed, buffer, mix). steps (a longer run), ckpt_every, max_minutes, device, workers
+# and the notes may change (hostile X8).
+RESUME_SETTINGS = ("crop", "batch", "lr", "loss_weights", "seed", "buffer", "refresh", "refresh_every",
+                   "synthetic_fraction", "realistic_fraction", "noise_fraction", "noise_max", "auto_key_fraction",
+                   "degrade_fraction")
+
+
+def resume_differences(saved_config: dict, cfg: TrainConfig) -> list[str]:
+    """The checkpoint's ``config`` vs this run's -> ``["--crop 64 (now 96)", ...]`` for the settings in
+    :data:`RESUME_SETTINGS` that differ (a setting the checkpoint does not record is not compared)."""
+    out = []
+    for key in RESUME_SETTINGS:
+        if key not in saved_config:
+            continue
+        old, new = saved_config[key], getattr(cfg, key)
+        if key == "loss_weights":
+            old, new = {**LOSS_WEIGHTS, **(old or {})}, {**LOSS_WEIGHTS, **new}
+            if old != new:
+                fmt = lambda w: ",".join(f"{k}={w[k]:g}" for k in LOSS_WEIGHTS)  # noqa: E731
+                out.append(f"--loss-weights {fmt(old)} (now {fmt(new)})")
+            continue
+        if old != new:
+            out.append(f"--{key.replace('_', '-')} {old} (now {new})")
+    return out
+
+
+def _check_resume(path: str, saved: dict, info: dict, head: MattingHead, cfg: TrainConfig | None = None) -> None:
     hint = "pass --no-resume or delete it (or use another --out)"
+    if cfg is not None and isinstance(saved.get("config"), dict):
+        diff = resume_differences(saved["config"], cfg)
+        if diff:
+            raise checkpoint.CheckpointError(
+                f"resume: {path} was trained with other settings: {'; '.join(diff)}; rerun with its values to "
+                f"resume, or {hint} to start over")
     dec, now = saved.get("decoder") or {}, _decoder_record(info)
     for key, what in (("family", "decoder family"), ("latent_channels", "latent channels"),
                       ("tap_channels", "decoder tap widths"), ("fingerprint", "decoder weights (fingerprint)"),
@@ -501,7 +548,7 @@ def train_head(backend, pairs: list[Pair], cfg: TrainConfig, resume: bool = True
     saved = None
     if resume and os.path.isfile(ckpt):
         saved = checkpoint.load(ckpt, CKPT_KIND, "pass --no-resume or delete it (or use another --out)")
-        _check_resume(ckpt, saved.get("info", {}), info, head)
+        _check_resume(ckpt, saved.get("info", {}), info, head, cfg)
     # the sample workers fork before this process touches the GPU (a forked child must not inherit a CUDA context)
     maker = SampleMaker(backend, pairs, cfg)
     try:

@@ -125,6 +125,10 @@ def run(args) -> int:
 
 
 def _run(args, writer, files, captions, key, load_image, keyer) -> int:
+    import warnings
+
+    from ...common.images import frames_note
+    from ...common.keycolour import NoKeyColourWarning
     from ...matting_head.refine import key_image
 
     # Resume by source file: a file already in the data set (accepted or rejected) is skipped, whatever its name;
@@ -151,12 +155,19 @@ def _run(args, writer, files, captions, key, load_image, keyer) -> int:
                       "is keyed", file=sys.stderr)
             else:
                 hint = loaded.alpha[None]
-        try:
-            res = key_image(image, keyer, alpha=hint, key_colour=key, high_quality=args.high_quality)
-        except ValueError as exc:
-            print(f"error: {path}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
+        if frames_note(loaded):  # hostile X12
+            print(f"warning: {path}: {frames_note(loaded)}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's warning (hostile X14)
+            warnings.simplefilter("always", NoKeyColourWarning)
+            try:
+                res = key_image(image, keyer, alpha=hint, key_colour=key, high_quality=args.high_quality)
+            except ValueError as exc:
+                print(f"error: {path}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+        said = {str(w.message).split(": ", 1)[-1] for w in caught if issubclass(w.category, NoKeyColourWarning)}
+        for note in sorted(said):
+            print(f"warning: {path}: {note.replace('pass key_colour', 'pass --key-colour')}", file=sys.stderr)
         caption = captions[path]
         meta = {"source": os.path.abspath(path), "prompt": caption, "seed": None, "model": args.model}
         try:

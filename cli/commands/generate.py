@@ -35,13 +35,14 @@ def register(subparsers) -> None:
     p.add_argument("--comfyui", required=True, metavar="PATH", help="ComfyUI installation (its folder)")
     p.add_argument("--checkpoint", required=True, metavar="NAME", help="checkpoint file in ComfyUI's models/checkpoints")
     p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one subject per line ('#' = comment)")
-    p.add_argument("--count", required=True, type=int, metavar="N", help="accepted samples wanted")
+    p.add_argument("--count", required=True, type=int, metavar="N", help="accepted samples wanted (1..1000000 per run)")
     p.add_argument("--out", required=True, metavar="DIR", help="data-set folder (created; resumed if it exists)")
     p.add_argument("--workflow", default=None, metavar="FILE",
                    help=f"API-format workflow with one {DATASET_NODE} node (default: the pack's {DEFAULT_WORKFLOW})")
     p.add_argument("--seed", type=int, default=0, help="seed of sample 0; sample i uses seed + i (default 0)")
     p.add_argument("--max-attempts", type=int, default=None, metavar="N",
-                   help="stop after this many samples generated in total, accepted or not (default 3 x count)")
+                   help="stop after this many samples generated in total, accepted or not (default 3 x count; at most "
+                   "3000000)")
     p.add_argument("--steps", type=int, default=None, help="override the sampler's steps")
     p.add_argument("--size", type=int, default=None, metavar="PX", help="override width and height (multiple of 8)")
     p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (every worker's, with --workers/--ray)")
@@ -71,11 +72,41 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def read_prompts(path: str) -> list[str]:
-    """Non-empty, non-comment lines of a prompts file."""
+MAX_TEXT_BYTES = 16 * 2**20  # the largest --prompts / --workflow file read (16 MiB)
+
+
+def read_small_file(path: str, what: str) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_TEXT_BYTES`; CLIError naming ``what`` for a folder, a FIFO,
+    a device (``/dev/zero`` would be read for ever, a FIFO would block; hostile X5), a larger file or a read error."""
+    import stat
+
+    from ...common.images import not_a_file
+
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            prompts = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise CLIError(f"{what}: {path}: {not_a_file(path).replace('an image file', 'a text file')}")
+    if st.st_size > MAX_TEXT_BYTES:
+        raise CLIError(f"{what}: {path} is {st.st_size / 2**20:.1f} MiB; at most {MAX_TEXT_BYTES // 2**20} MiB is "
+                       "read (expected a text file)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    except OSError as exc:
+        raise CLIError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TEXT_BYTES:  # it grew meanwhile
+        raise CLIError(f"{what}: {path} is over {MAX_TEXT_BYTES // 2**20} MiB (expected a text file)")
+    return data
+
+
+def read_prompts(path: str) -> list[str]:
+    """Non-empty, non-comment lines of a prompts file (a regular file of at most 16 MiB)."""
+    data = read_small_file(path, "--prompts")
+    try:
+        text = data.decode("utf-8-sig")
+        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     except UnicodeDecodeError as exc:
         raise CLIError(f"--prompts: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
                        f"{exc.start}); save it as UTF-8") from None
@@ -88,10 +119,10 @@ def read_prompts(path: str) -> list[str]:
 
 def load_workflow(path: str) -> dict:
     """An API-format workflow (``{"id": {"class_type", "inputs"}}``) with exactly one SaveMattingDataset node."""
+    data = read_small_file(path, "--workflow")
     try:
-        with open(path, encoding="utf-8") as f:
-            wf = json.load(f)
-    except (OSError, ValueError) as exc:
+        wf = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
         raise CLIError(f"--workflow: cannot read {path}: {exc}") from None
     if not isinstance(wf, dict) or not all(isinstance(v, dict) and "class_type" in v for v in wf.values()):
         raise CLIError(f"--workflow: {path} is not an API-format workflow (export it with 'Export (API)')")
@@ -171,6 +202,16 @@ def run_factory(execute, template: dict, prompts: list[str], count: int, root: s
         writer.close()
 
 
+def check_counts(count: int, max_attempts: int | None) -> None:
+    """--count in 1..MAX_COUNT and --max-attempts in 1..MAX_PLAN (hostile X6: 10^20 hung building the plan)."""
+    from ...factory.plan import MAX_COUNT, MAX_PLAN
+
+    if not 1 <= count <= MAX_COUNT:
+        raise CLIError(f"--count: expected 1..{MAX_COUNT} accepted samples per run, got {count}")
+    if max_attempts is not None and not 1 <= max_attempts <= MAX_PLAN:
+        raise CLIError(f"--max-attempts: expected 1..{MAX_PLAN} samples per run, got {max_attempts}")
+
+
 def drive(writer, make_pool, plan, count: int, max_attempts: int | None, *, max_tries: int = 3,
           progress: bool = True, log=None) -> dict:
     """The factory run on an open writer: the plan's pending samples (indices below ``max_attempts``, default
@@ -180,11 +221,8 @@ def drive(writer, make_pool, plan, count: int, max_attempts: int | None, *, max_
     from ...dataset import QualityThresholds
     from ...factory import FactoryError, run_samples
 
-    if count < 1:
-        raise CLIError(f"--count: expected at least 1, got {count}")
+    check_counts(count, max_attempts)
     limit = max_attempts if max_attempts is not None else 3 * count
-    if limit < 1:
-        raise CLIError(f"--max-attempts: expected at least 1, got {limit}")
     pending = plan.pending(limit, writer)
     needed = count - len(writer.committed)
     counts_now = {"ran_now": 0, "failed_now": 0}
@@ -330,10 +368,7 @@ def run(args) -> int:
         raise CLIError(f"--size: expected a multiple of 8, at least 64, got {args.size}")
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps: expected at least 1, got {args.steps}")
-    if args.count < 1:
-        raise CLIError(f"--count: expected at least 1, got {args.count}")
-    if args.max_attempts is not None and args.max_attempts < 1:
-        raise CLIError(f"--max-attempts: expected at least 1, got {args.max_attempts}")
+    check_counts(args.count, args.max_attempts)
     if args.max_tries < 1:
         raise CLIError(f"--max-tries: expected at least 1, got {args.max_tries}")
     workers = _workers(args.workers)

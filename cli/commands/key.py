@@ -95,11 +95,36 @@ def output_names(files: list[str], suffix: str) -> list[str]:
     return out
 
 
+OWN_SUFFIXES = ("_rgba.png", "_alpha.png")
+
+
+def skip_own_outputs(files: list[str], inputs: list[str], out_dir: str) -> list[str]:
+    """Drop this command's own outputs (``*_rgba.png``, ``*_alpha.png``) that a folder input contributed when that
+    folder is the output folder, with a note (hostile X11: a rerun of ``key io -o io`` would key them again). Files
+    named on the command line are always kept."""
+    out_real = os.path.realpath(out_dir)
+    named = {os.path.realpath(i) for i in inputs if not os.path.isdir(i)}
+    kept, skipped = [], []
+    for f in files:
+        real = os.path.realpath(f)
+        if (real not in named and os.path.dirname(real) == out_real
+                and os.path.basename(f).lower().endswith(OWN_SUFFIXES)):
+            skipped.append(f)
+        else:
+            kept.append(f)
+    if skipped:
+        print(f"note: skipped {len(skipped)} file(s) named *_rgba.png / *_alpha.png in the output folder {out_dir} "
+              "(this command's own outputs; name a file to key it anyway)")
+        if not kept:
+            raise CLIError(f"nothing to key: every image in {out_dir} is an output of an earlier run")
+    return kept
+
+
 def run(args) -> int:
     import torch
 
     from ...common.files import os_error_text, prepare_output_dir
-    from ...common.images import load_image, save_png
+    from ...common.images import frames_note, load_image, save_png
     from ...common.keycolour import AUTO, NoKeyColourWarning, parse_key_colour, resolve_key_colours
     from ...matting_head.refine import key_image, keyer_from_arguments
 
@@ -116,6 +141,7 @@ def run(args) -> int:
         out_dir = prepare_output_dir(args.out, "-o/--out")
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    files = skip_own_outputs(files, args.inputs, out_dir)
     suffix = "_alpha.png" if args.alpha_only else "_rgba.png"
     names = output_names(files, suffix)
     plain = [os.path.splitext(os.path.basename(f))[0] + suffix for f in files]
@@ -153,6 +179,8 @@ def run(args) -> int:
                 notes.append("its alpha channel is ignored (use --keep-input-alpha to keep it)")
         if img.source_mode in ("gray", "gray+alpha"):
             notes.append("greyscale: no key colour, result is opaque")
+        if frames_note(img):
+            notes.append(frames_note(img))
         if img.clipped:
             notes.append("it holds values outside [0, 1] (a float / HDR file); they were clipped to [0, 1]")
         key = shared if shared is not None and shared.found else (given_key or AUTO)
@@ -175,6 +203,10 @@ def run(args) -> int:
                 save_png(out, None, res.alpha[0], bits=bits)
             else:
                 save_png(out, res.fg[0], res.alpha[0], bits=bits)
+        except ValueError as exc:  # this name is too long for the file system (hostile X1): report it, go on
+            print(f"error: {path}: cannot write its output: {exc}", file=sys.stderr)
+            failures += 1
+            continue
         except OSError as exc:  # disk full, folder removed meanwhile: stop, nothing partial is left
             raise CLIError(f"-o/--out: could not write {out}: {os_error_text(exc)}") from None
         used = res.keys[0]
