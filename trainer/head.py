@@ -273,6 +273,13 @@ class SampleMaker:
 
     def close(self) -> None:
         if self.pool is not None:
+            # let the samples made ahead finish first (at most 10 s in all): terminate() with results still in
+            # flight tripped CPython's Pool teardown assertion "Cannot have cache with result_hander not alive"
+            # once in CI (tests/unit/test_matting_head_train.py, 2026-12-02)
+            deadline = time.monotonic() + 10.0
+            for result in self.pending:
+                result.wait(max(0.0, deadline - time.monotonic()))
+            self.pending.clear()
             self.pool.terminate()
             self.pool.join()
             self.pool = None
