@@ -190,11 +190,19 @@ def key_channels(key: torch.Tensor) -> torch.Tensor:
 
 
 def key_difference(image: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """image: [B,3,H,W] (or [B,3]) float, high: [B,3] bool -> [B,1,H,W] (or [B,1]) ``min(high) - max(low)``."""
-    rows = high.tolist()
-    if all(row == rows[0] for row in rows):
+    """image: [B,3,...] float (e.g. [B,3,H,W], [B,3], [1,3,N]), high: [B,3] or [1,3] bool -> [B,1,...]
+    ``min(high) - max(low)``. Keep ``high`` on the CPU (it comes from host key colours): reading it then costs no
+    device sync."""
+    rows = high.tolist() if high.device.type == "cpu" else None  # host rows: no ops, no sync
+    if rows is not None and all(row == rows[0] for row in rows):
         return _difference(image, rows[0])
-    return torch.cat([_difference(image[i: i + 1], row) for i, row in enumerate(rows)])
+    if rows is None and (high.shape[0] == 1 or bool((high == high[:1]).all())):
+        return _difference(image, high[0].tolist())
+    # key colours with different dominant channels in one batch: masked min / max, the same values in one pass
+    m = high.to(image.device).view(high.shape[0], 3, *([1] * (image.ndim - 2)))
+    top = torch.where(m, image, torch.inf).amin(dim=1, keepdim=True)
+    low = torch.where(m, -torch.inf, image).amax(dim=1, keepdim=True)
+    return torch.where(m.all(dim=1, keepdim=True), torch.zeros_like(top), top - low)
 
 
 def _difference(image: torch.Tensor, row: list) -> torch.Tensor:
@@ -257,51 +265,71 @@ def key_rgb(keys, batch: int, device=None, name: str = "key_colour") -> torch.Te
 # ------------------------------------------------------------------------------------------------ estimation
 
 
-def _estimate_one(img: torch.Tensor, max_samples: int = 20_000) -> tuple[torch.Tensor, bool]:
-    """img: [3,H,W] float in [0,1] -> (key [3], recognised: bool)."""
+def _estimate_batch(image: torch.Tensor, max_samples: int = 20_000) -> tuple[torch.Tensor, list[bool]]:
+    """image: [B,3,H,W] float in [0,1] -> (keys [B,3] on the CPU, recognised per image). The whole batch in one
+    pass (a few host syncs per batch, none per image)."""
     # a regular subsample of the frame (strided view, no full-resolution pass)
-    st = max(1, int((img.shape[1] * img.shape[2] / max_samples) ** 0.5))
-    img = img[:, ::st, ::st]
-    _, h, w = img.shape
-    pix = img.reshape(3, -1)
+    st = max(1, int((image.shape[2] * image.shape[3] / max_samples) ** 0.5))
+    img = image[:, :, ::st, ::st]
+    b, _, h, w = img.shape
+    pix = img.reshape(b, 3, -1)
     # Border frame (8 % of each side): the canvas is most reliably visible there.
     bh, bw = max(1, h * 8 // 100), max(1, w * 8 // 100)
-    frame = torch.cat([img[:, :bh].reshape(3, -1), img[:, -bh:].reshape(3, -1),
-                       img[:, :, :bw].reshape(3, -1), img[:, :, -bw:].reshape(3, -1)], dim=1)
-    frame = frame[:, :: max(1, frame.shape[1] // max_samples)]
-    return _estimate(frame, pix)
+    frame = torch.cat([img[:, :, :bh].reshape(b, 3, -1), img[:, :, -bh:].reshape(b, 3, -1),
+                       img[:, :, :, :bw].reshape(b, 3, -1), img[:, :, :, -bw:].reshape(b, 3, -1)], dim=2)
+    return _estimate(frame[:, :, :: max(1, frame.shape[2] // max_samples)], pix)
 
 
-def _estimate(frame: torch.Tensor, pix: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """frame: [3,N] pixels where the canvas shows best, pix: [3,M] all pixels, in [0,1] -> (key [3], recognised)."""
-    for source in (frame, pix):
-        mx, mn = source.max(dim=0).values, source.min(dim=0).values
-        sat = (mx - mn) > 0.2
-        if sat.float().mean() < 0.2:
-            continue
-        cand = source[:, sat]
-        # Hue histogram (36 bins) of the saturated pixels; the mode is the screen.
-        r, g, b = cand
-        cmax, cmin = cand.max(dim=0).values, cand.min(dim=0).values
-        delta = (cmax - cmin).clamp_min(1e-6)
-        hue = torch.where(cmax == r, ((g - b) / delta) % 6, torch.where(cmax == g, (b - r) / delta + 2, (r - g) / delta + 4))
-        bins = (hue / 6 * 36).long().clamp(0, 35)
-        hist = torch.bincount(bins, minlength=36).float()
-        hist = hist + 0.5 * (hist.roll(1) + hist.roll(-1))
-        # the mode among the screen hues (a large orange subject does not outvote a green screen's bins)
-        mode = int(torch.where(_SCREEN_BINS.to(hist.device), hist, torch.full_like(hist, -1.0)).argmax())
-        near = (bins - mode + 36) % 36
-        sel = (near <= 1) | (near >= 35)
-        if sel.float().mean() * sat.float().mean() < 0.15:
-            continue
-        key = cand[:, sel].median(dim=1).values
-        # Refine on the whole image: pixels close to that colour (robust to a gentle gradient).
-        close = (pix - key[:, None]).abs().amax(dim=0) < 0.12
-        if close.sum() > 64:
-            key = pix[:, close].median(dim=1).values
-        if _is_screen(key, frame):
-            return key, True
-    return torch.tensor(DEFAULT_KEY, dtype=frame.dtype, device=frame.device), False
+def _estimate(frame: torch.Tensor, pix: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+    """frame: [B,3,N] pixels where the canvas shows best, pix: [B,3,M] all pixels, in [0,1] -> (keys [B,3] on the
+    CPU, recognised per image): the border's candidate if it is a screen, else the whole image's."""
+    b = frame.shape[0]
+    candidates = [_estimate_from(source, pix) for source in (frame, pix)]  # the border first, then the whole image
+    keys = torch.stack([c[0] for c in candidates])  # [2,B,3]
+    border = torch.stack([((frame - c[0][:, :, None]).abs().amax(dim=1) < 0.12).float().mean(dim=1)
+                          for c in candidates])  # [2,B] share of the border near the candidate
+    plausible = torch.stack([c[1] for c in candidates])  # [2,B]
+    stats = torch.cat([keys.clamp(0, 1), border[..., None], plausible[..., None].float()], dim=2).cpu()  # one transfer
+    dominance = key_dominance(stats[..., :3].reshape(-1, 3)).view(2, b).tolist()
+    stats = stats.tolist()
+    out, found = [], []
+    for i in range(b):
+        for j in range(2):
+            rgb, share, ok = stats[j][i][:3], stats[j][i][3], stats[j][i][4] > 0
+            if ok and _is_screen(rgb, dominance[j][i], share):
+                out.append(rgb)
+                found.append(True)
+                break
+        else:
+            out.append(list(DEFAULT_KEY))
+            found.append(False)
+    return torch.tensor(out, dtype=torch.float32), found
+
+
+def _estimate_from(source: torch.Tensor, pix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """source: [B,3,N] pixels where the canvas should show, pix: [B,3,M] all pixels, in [0,1] -> (candidate key
+    [B,3], plausible [B] bool: enough saturated pixels and enough of them in the mode's hue bins).
+
+    The hue-histogram (36 bins) mode of the saturated pixels, among the screen hues (a large orange subject does not
+    outvote a green screen's bins); the median colour of the pixels in the mode's bins, refined on the whole image
+    as the median of the pixels close to it (robust to a gentle gradient)."""
+    mx, mn = source.amax(dim=1), source.amin(dim=1)
+    sat = (mx - mn) > 0.2  # [B,N]
+    r, g, b = source.unbind(dim=1)
+    delta = (mx - mn).clamp_min(1e-6)
+    hue = torch.where(mx == r, ((g - b) / delta) % 6, torch.where(mx == g, (b - r) / delta + 2, (r - g) / delta + 4))
+    bins = (hue / 6 * 36).long().clamp(0, 35)
+    hist = torch.zeros(source.shape[0], 36, device=source.device).scatter_add_(1, bins, sat.float())
+    hist = hist + 0.5 * (hist.roll(1, dims=1) + hist.roll(-1, dims=1))
+    mode = torch.where(_SCREEN_BINS.to(hist.device), hist, torch.full_like(hist, -1.0)).argmax(dim=1)
+    near = (bins - mode[:, None] + 36) % 36
+    sel = sat & ((near <= 1) | (near >= 35))
+    plausible = (sat.float().mean(dim=1) >= 0.2) & (sel.float().mean(dim=1) >= 0.15)
+    key = torch.where(sel[:, None], source, torch.nan).nanmedian(dim=2).values  # [B,3]
+    close = (pix - key[:, :, None]).abs().amax(dim=1) < 0.12  # [B,M]
+    refined = torch.where(close[:, None], pix, torch.nan).nanmedian(dim=2).values
+    key = torch.where((close.sum(dim=1) > 64)[:, None], refined, key)
+    return torch.nan_to_num(key, nan=0.0), plausible
 
 
 def _in_screen_hues(hue_deg: float) -> bool:
@@ -312,19 +340,21 @@ def _in_screen_hues(hue_deg: float) -> bool:
 _SCREEN_BINS = torch.tensor([_in_screen_hues((i + 0.5) * 10.0) for i in range(36)])
 
 
-def _is_screen(key: torch.Tensor, frame: torch.Tensor) -> bool:
-    """key [3], frame [3,N] (border pixels) in [0,1] -> whether ``key`` is a key-colour screen seen on the border."""
-    h, s, _ = colorsys.rgb_to_hsv(*key.clamp(0, 1).tolist())
-    if not (_in_screen_hues(h * 360.0) and s >= MIN_SCREEN_SATURATION):
+def _is_screen(rgb: list[float], dominance: float, border: float) -> bool:
+    """rgb: a candidate key in [0,1], its own colour difference (key_dominance) and the share of the border pixels
+    within 0.12 of it -> whether it is a key-colour screen seen on the border."""
+    h, sat, _ = colorsys.rgb_to_hsv(*rgb)
+    if not (_in_screen_hues(h * 360.0) and sat >= MIN_SCREEN_SATURATION):
         return False
-    if float(key_dominance(key[None].float())[0]) < max(MIN_SCREEN_DOMINANCE, MIN_KEY_DOMINANCE):
+    if dominance < max(MIN_SCREEN_DOMINANCE, MIN_KEY_DOMINANCE):
         return False
-    return float(((frame - key[:, None]).abs().amax(dim=0) < 0.12).float().mean()) >= MIN_SCREEN_BORDER
+    return border >= MIN_SCREEN_BORDER
 
 
-def _keys(estimates, warn: bool) -> list[KeyColour]:
+def _keys(rgbs: torch.Tensor, found: list[bool], warn: bool) -> list[KeyColour]:
+    """rgbs [B,3] (CPU), found per image -> B KeyColours ("estimated" / "default"), warning for each not found."""
     keys = []
-    for i, (rgb, ok) in enumerate(estimates):
+    for i, (rgb, ok) in enumerate(zip(rgbs, found)):
         if not ok and warn:
             warnings.warn(f"image {i}: no recognisable key colour (no green, blue or magenta screen on its border); "
                           "the result is opaque (pass key_colour to key against a given colour)", NoKeyColourWarning,
@@ -345,7 +375,7 @@ def estimate_key_colours(image: torch.Tensor, warn: bool = True) -> list[KeyColo
     """
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image: expected [B,3,H,W], got {tuple(image.shape)}")
-    return _keys([_estimate_one(img) for img in image.float()], warn)
+    return _keys(*_estimate_batch(image.float()), warn)
 
 
 def estimate_key_colours_from_pixels(pixels: torch.Tensor, warn: bool = True, max_samples: int = 20_000
@@ -354,11 +384,8 @@ def estimate_key_colours_from_pixels(pixels: torch.Tensor, warn: bool = True, ma
     :func:`estimate_key_colours`, on a pixel set where the canvas is expected to show."""
     if pixels.ndim != 3 or pixels.shape[1] != 3 or pixels.shape[2] == 0:
         raise ValueError(f"pixels: expected [B,3,N] with N > 0, got {tuple(pixels.shape)}")
-    out = []
-    for px in pixels.float():
-        px = px[:, :: max(1, px.shape[1] // max_samples)]
-        out.append(_estimate(px, px))
-    return _keys(out, warn)
+    px = pixels.float()[:, :, :: max(1, pixels.shape[2] // max_samples)]
+    return _keys(*_estimate(px, px), warn)
 
 
 def resolve_key_colours(value, image: torch.Tensor, share: bool = False, name: str = "key_colour") -> list[KeyColour]:
@@ -375,7 +402,8 @@ def resolve_key_colours(value, image: torch.Tensor, share: bool = False, name: s
                 keys = [KeyColour(tuple(rgb.tolist()), "estimated")] * b
     else:
         keys = expand_key_colours(value, b, name)
-    weak = [k for k in keys if k.found and not k.usable]
+    found = [k for k in keys if k.found]  # usability of all keys in one computation (not a property per key)
+    weak = [k for k, d in zip(found, key_dominance(key_rgb(found, len(found))).tolist()) if d < MIN_KEY_DOMINANCE] if found else []
     if weak:
         warnings.warn(f"{name}: {weak[0].hex} is too close to grey to key against; the result is all opaque",
                       NoKeyColourWarning, stacklevel=2)

@@ -1,4 +1,4 @@
-"""Alpha from colour difference against a (local) key colour, despeckle."""
+"""Stage 2, the alpha: colour difference against the (local) screen, its black / white points, despeckle."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def ratio_to_alpha(r: torch.Tensor, black: float, white: float | torch.Tensor, g
     if gamma != 1.0:
         a = a.pow(gamma)
     return a
+
+
+def key_points(noise: torch.Tensor, black: float, white: float, noise_black: float, noise_white: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """noise: [B] canvas noise -> (black, white) [B,1,1,1]: the user's points widened by the noise (noise and spill
+    come together), black in [0, 0.2], white in [0.6, 1] and at least black + 0.05."""
+    lo = (black + noise_black * noise).clamp(0, 0.2)[:, None, None, None]
+    hi = (white - noise_white * noise).clamp(0.6, 1.0)[:, None, None, None]
+    return lo, torch.maximum(hi, lo + 0.05)
 
 
 def despeckle(alpha: torch.Tensor, min_area: int, hole_area: int = 0) -> torch.Tensor:

@@ -1,17 +1,17 @@
-"""Fast building blocks: low-resolution statistics sampled at full-resolution pixels, OpenCV morphology / box
-filters on CPU (torch fallbacks elsewhere), guided filter on a crop."""
+"""Building blocks of every stage: area down- / bilinear upsampling, morphology, box filters, guided filters, the
+chroma-detail measure; OpenCV fast paths on CPU float32, torch everywhere else (batch-first, any device)."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .screen import pool_factor, push_pull_fill, radial_trend
 
 # OpenCV fast paths for CPU float32 (and uint8 masks): the same results as the torch paths used on other devices and
 # dtypes, to float rounding (parity: tests/unit/test_greenpost.py::test_torch_paths_give_the_same_key_as_the_opencv_paths
@@ -35,24 +35,9 @@ def _cpu32(x: torch.Tensor) -> bool:
     return _USE_OPENCV.get() and x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def cell_grid(image: torch.Tensor, confidence: torch.Tensor, factor: int, smooth: bool = False,
-              trend: bool = False) -> torch.Tensor:
-    """image [B,C,H,W], confidence [B,1,H,W] in [0,1] -> [B,C,ceil(H/f),ceil(W/f)] confident cell means, push-pull
-    filled where a cell has none (the clean plate of the screen, the local foreground colour)."""
-    if factor > 1:
-        v = F.avg_pool2d(image * confidence, factor, ceil_mode=True)
-        c = F.avg_pool2d(confidence, factor, ceil_mode=True)
-    else:
-        v, c = image * confidence, confidence
-    mean = v / c.clamp_min(1e-12)
-    if trend:  # fill the residual from a smooth trend (unseen plate under a large subject; see radial_trend)
-        base = radial_trend(mean, c)  # robust fit: cells bordering the subject may carry a trace of its edge
-        low = base + push_pull_fill(mean - base, c)
-    else:
-        low = push_pull_fill(mean, c)
-    if smooth and min(low.shape[-2:]) >= 3:
-        low = F.avg_pool2d(F.pad(low, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return low
+def pool_factor(h: int, w: int, cells: int) -> int:
+    """Downscale factor so that the long side has about ``cells`` cells."""
+    return max(1, math.ceil(max(h, w) / cells))
 
 
 def upsample(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -115,9 +100,11 @@ def morph(mask: torch.Tensor, radius: int, op: str) -> torch.Tensor:
         for i in range(arr.shape[0]):
             out[i, 0] = fn(arr[i, 0], kernel, borderType=cv2.BORDER_REPLICATE)
         return torch.from_numpy(out)
+    # max_pool2d's implicit -inf padding gives the same result as an edge-replicated border (the max over a window
+    # clipped to the image already holds the edge value), in two ops instead of four
     x = mask.float() if op == "max" else -mask.float()
-    x = F.max_pool2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), (1, k), stride=1)
-    x = F.max_pool2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), (k, 1), stride=1)
+    x = F.max_pool2d(x, (1, k), stride=1, padding=(0, radius))
+    x = F.max_pool2d(x, (k, 1), stride=1, padding=(radius, 0))
     x = x if op == "max" else -x
     return x.to(mask.dtype)
 
@@ -157,6 +144,11 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     return mean_a * guide + mean_b
 
 
+def pixels(x: torch.Tensor, bi: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """x [B,C,H,W], bi / pix [N] long (image, flat pixel index) -> [C,N] the values at those pixels."""
+    return x.flatten(2)[bi, :, pix].T
+
+
 def bbox(mask2d: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
     """mask [H,W] bool -> (y0, y1, x0, x1) of its True pixels grown by pad (clipped), or None when empty."""
     rows = mask2d.any(dim=1).nonzero()
@@ -168,19 +160,27 @@ def bbox(mask2d: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
             max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + pad + 1))
 
 
-def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float,
-                         subsample: int = 1, fit_blur: int = 0) -> torch.Tensor:
-    """guide [B,3,H,W], src [B,1,H,W] float -> [B,1,H,W]: guided filter (He et al.) with a colour guide.
+def colour_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float | torch.Tensor,
+                         subsample: int = 1, fit_blur: int = 0, fit_blur_where: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """guide [B,3,H,W], src [B,1,H,W] float, eps a float or [B,1,1,1] -> [B,1,H,W]: guided filter (He et al.) with
+    a colour guide.
 
     Same maths as ``kornia.filters.guided_blur`` with a 3-channel guidance (src locally affine in the guide's RGB,
     ridge ``eps`` in squared colour units), but the 3x3 systems are solved in closed form (adjugate) on
     OpenCV box means, several times faster on CPU than a batched ``linalg.solve``. ``subsample > 1``: the fast
     guided filter (coefficients on a grid that many times coarser, radius scaled down, upsampled bilinearly).
     ``fit_blur > 0``: the coefficients are fitted on guide and src box-blurred by that radius and applied to the
-    sharp guide (restores detail that src lost to chroma subsampling)."""
+    sharp guide (restores detail that src lost to chroma subsampling); ``fit_blur_where`` ([B] bool): only for those
+    images (one batch, each image its own fit)."""
     g, p, rad = guide, src, radius
     if fit_blur > 0:
-        g, p = box(g, fit_blur), box(p, fit_blur)
+        gb, pb = box(g, fit_blur), box(p, fit_blur)
+        if fit_blur_where is None:
+            g, p = gb, pb
+        else:
+            sel = fit_blur_where.to(g.device).view(-1, 1, 1, 1)
+            g, p = torch.where(sel, gb, g), torch.where(sel, pb, p)
     if subsample > 1:
         g, p = downsample(g, subsample), downsample(p, subsample)
         rad = max(1, round(radius / subsample))
@@ -236,5 +236,5 @@ def chroma_detail_ratio(image: torch.Tensor, mask: torch.Tensor | None = None) -
     return r1 / r2.clamp_min(1e-12)
 
 
-__all__ = ["opencv_paths", "cell_grid", "upsample", "upsample_planes", "downsample", "morph", "box", "guided_filter",
-           "colour_guided_filter", "chroma_detail_ratio", "bbox", "pool_factor"]
+__all__ = ["opencv_paths", "upsample", "upsample_planes", "downsample", "morph", "box", "guided_filter",
+           "colour_guided_filter", "chroma_detail_ratio", "bbox", "pixels", "pool_factor"]

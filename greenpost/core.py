@@ -8,14 +8,17 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .alpha import despeckle, difference_ratio, ratio_to_alpha
-from .band import (bbox, cell_grid, chroma_detail_ratio, colour_guided_filter, downsample, guided_filter, morph,
-                   pool_factor, upsample, upsample_planes)
+from ..common.checks import check_unit_range
 from ..common.keycolour import (MIN_KEY_DOMINANCE, KeyColour, NoKeyColourWarning, key_channels, key_difference,
                                 key_dominance, key_rgb, resolve_key_colours)
-from ..common.checks import check_unit_range
+from .alpha import despeckle, key_points, ratio_to_alpha
+from .band import upsample
+from .fgmodel import apply_foreground_model, foreground_grid
 from .guide import blend_guide, check_guide, fit_guide, guide_change
-from .unmix import despill
+from .refine import band_box, chroma_subsampled, refine_alpha, transition_band
+from .screen import canvas_noise, clean_plate, screen_difference
+from .threads import keying_threads
+from .unmix import despill, spill_map, unmix_pixels
 
 MIN_SIDE = 8
 # Peak working memory of green_post per input pixel (batch x height x width), above the input itself: measured on CPU
@@ -24,25 +27,6 @@ MIN_SIDE = 8
 # inputs are refused up front with the limit named (see check_memory) instead of failing deep inside.
 KEYING_BYTES_PER_PIXEL = 176
 _MEMORY_CHECK_FROM = 256 * 2**20  # smaller calls (about 1.5 Mpx) skip the probe
-CHROMA_SUBSAMPLED = 0.5  # band chroma_detail_ratio below this: subsampled (bench, 320 px window: <= 0.32 vs >= 0.55)
-
-
-def canvas_noise(r: torch.Tensor, canvas: torch.Tensor | None, max_samples: int = 20_000) -> torch.Tensor:
-    """r: [B,1,H,W] difference ratio, canvas: [B,1,H,W] confident-canvas map -> [B] robust std of r on the canvas."""
-    out = []
-    for i in range(r.shape[0]):
-        v = r[i].flatten()
-        if canvas is not None:
-            v = v[canvas[i].flatten() > 0]
-        else:
-            v = v[v > 0.7]
-        if v.numel() < 64:
-            out.append(r.new_zeros(()))
-            continue
-        v = v[:: max(1, v.numel() // max_samples)]
-        med = v.median()
-        out.append(1.4826 * (v - med).abs().median())
-    return torch.stack(out)
 
 
 @dataclass
@@ -239,6 +223,22 @@ def _check_alpha(alpha, image: torch.Tensor) -> torch.Tensor | None:
     return alpha.expand(b, 1, h, w).clamp(0, 1).to(image.device)
 
 
+def address_space_left() -> int | None:
+    """Bytes this process may still map under its RLIMIT_AS (``ulimit -v``), or None when there is no limit or it
+    cannot be told (not POSIX, no /proc)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+    return max(0, soft - used)
+
+
 def available_memory(device) -> int | None:
     """Bytes of memory free for new tensors on ``device`` (CPU: the OS's MemAvailable; CUDA: free + cached by
     torch), or None when it cannot be told."""
@@ -263,23 +263,46 @@ def available_memory(device) -> int | None:
     return None
 
 
+def memory_limit(device="cpu") -> tuple[int | None, str]:
+    """-> (bytes a keying job on ``device`` may use now, or None when it cannot be told; the limit in words). On the
+    CPU the smaller of the free memory and the address space left under ``ulimit -v`` (an image the free memory
+    allows would otherwise fail with an allocation error in the middle of the keying: issue 19, K7 / X2)."""
+    avail = available_memory(device)
+    space = address_space_left() if torch.device(device).type == "cpu" else None
+    if space is not None and (avail is None or space <= avail):
+        return space, (f"{space / 1e9:.1f} GB of address space left under this process's limit (ulimit -v)")
+    if avail is None:
+        return None, ""
+    return avail, f"{avail / 1e9:.1f} GB of free memory on {torch.device(device).type}"
+
+
+def frames_that_fit(height: int, width: int, device="cpu", most: int = 64, share: float = 0.5) -> int:
+    """-> how many ``height x width`` frames to key at a time on ``device``: ``share`` of what
+    :func:`memory_limit` allows at :data:`KEYING_BYTES_PER_PIXEL`, at least 1, at most ``most`` (bounded latency
+    between progress updates and interruption checks); ``most`` when the memory cannot be told."""
+    room, _ = memory_limit(device)
+    if room is None:
+        return most
+    return max(1, min(most, int(room * share) // max(1, KEYING_BYTES_PER_PIXEL * height * width)))
+
+
 def check_memory(batch: int, height: int, width: int, device="cpu") -> None:
-    """Refuse (``ValueError`` naming the size, the need and the limit) a keying job larger than the free memory:
-    ``batch x height x width`` input pixels at :data:`KEYING_BYTES_PER_PIXEL` each."""
+    """Refuse (``ValueError`` naming the size, the need and the limit) a keying job larger than the free memory
+    (or the address space left): ``batch x height x width`` input pixels at :data:`KEYING_BYTES_PER_PIXEL` each."""
     pixels = batch * height * width
     need = pixels * KEYING_BYTES_PER_PIXEL
     if need < _MEMORY_CHECK_FROM:
         return
-    avail = available_memory(device)
+    avail, why = memory_limit(device)
     if avail is None or need <= avail:
         return
     fit = avail // KEYING_BYTES_PER_PIXEL
     side = int(math.sqrt(fit))
     frames = f"{batch} x " if batch > 1 else ""
     raise ValueError(f"image: {frames}{width}x{height} px ({pixels / 1e6:.1f} Mpx) needs about {need / 1e9:.1f} GB to "
-                     f"key ({KEYING_BYTES_PER_PIXEL} bytes per pixel) but {avail / 1e9:.1f} GB is free on "
-                     f"{torch.device(device).type}: at most about {fit / 1e6:.0f} Mpx fit now (e.g. {side}x{side}); "
-                     "downscale or crop it" + (", or key fewer frames at a time" if batch > 1 else ""))
+                     f"key ({KEYING_BYTES_PER_PIXEL} bytes per pixel) but only {why} is there: at most about "
+                     f"{fit / 1e6:.0f} Mpx fit now (e.g. {side}x{side}); downscale or crop it"
+                     + (", or key fewer frames at a time" if batch > 1 else ""))
 
 
 def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colour="auto", high_quality: bool = False,
@@ -295,6 +318,10 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
     composite of it over the key colour and GreenPost's own key where the image changed; a smaller guide is
     upsampled with the image as guidance (``extras["guide_weight"]``: [B,1,H,W], 1 where the own key decided).
     ``options``: see :class:`GreenPostOptions`.
+
+    Runs on the image's device, the whole batch at once (a few host syncs per batch, none per image). On the CPU the
+    ops run single-threaded and a batch is split into one part per allowed thread, keyed side by side
+    (``greenpost.threads``: no collapse beside other work); the user's thread settings are restored after.
     """
     if not isinstance(high_quality, bool) and not (isinstance(high_quality, int) and high_quality in (0, 1)):
         raise ValueError(f"high_quality: expected True or False, got {high_quality!r}")  # 'no' would be truthy
@@ -307,222 +334,103 @@ def green_post(image: torch.Tensor, alpha: torch.Tensor | None = None, key_colou
                          "the key), not both")
     guide = None if guide is None else check_guide(guide, image)
     check_memory(image.shape[0], image.shape[-2], image.shape[-1], image.device)
-    with torch.no_grad():
-        return _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype, guide)
+    with torch.no_grad(), keying_threads(image.device) as workers:
+        img = image.float().contiguous()  # one copy of a permuted view (e.g. from HWC) makes every later pass cheaper
+        keys = resolve_key_colours(key_colour, img, share=opts.share_key)
+        b = img.shape[0]
+        parts = min(workers, b)
+        if parts <= 1:
+            return _green_post(img, keys, given, grey, high_quality, opts, out_dtype, guide)
+        bounds = [b * i // parts for i in range(parts + 1)]
+
+        def part(i):
+            lo, hi = bounds[i], bounds[i + 1]
+            return _green_post(img[lo:hi], keys[lo:hi], None if given is None else given[lo:hi], grey, high_quality,
+                               opts, out_dtype, None if guide is None else guide[lo:hi] if guide.shape[0] > 1 else guide)
+
+        import contextvars
+        from concurrent.futures import ThreadPoolExecutor
+
+        contexts = [contextvars.copy_context() for _ in range(parts)]  # copies of the caller's context: scoped
+        with ThreadPoolExecutor(parts, thread_name_prefix="greenpost") as pool:  # switches (band.opencv_paths) hold
+            results = list(pool.map(lambda i: contexts[i].run(part, i), range(parts)))  # in the workers too
+        return _concat(results)
 
 
-def _screen_lowres(img: torch.Tensor, key: torch.Tensor, high: torch.Tensor, cells: int, trend: bool = True):
-    """img [B,3,H,W] -> (screen grid [B,3,h,w] (about ``cells`` on the long side), confident-canvas map
-    [B,1,H/s,W/s] on the statistics grid, s). The clean plate is estimated on an s-times area-reduced image
-    (each plate cell spans about 3 reduced pixels) in two passes: pixels whose colour difference is at least 0.7
-    of the key's and whose colour is near the key give a rough plate; then only pixels within the canvas noise of
-    that plate (eroded) are averaged per cell and filled under the subject (push-pull; with ``trend``, of the
-    residual from a gradient + radial-falloff fit of the canvas), so semi-transparent edges do not leak into it."""
-    h, w = img.shape[-2:]
-    s = max(1, pool_factor(h, w, cells) // 3)
-    small = downsample(img, s)
-    margin = 1 if s > 1 else 2
-    k = key[:, :, None, None]
-    r = difference_ratio(small, k, high)
-    near = (small - k).abs().amax(dim=1, keepdim=True) < 0.3
-    conf = morph(((r > 0.7) & (r < 1.6) & near).float(), margin, "min")
-    has = conf.flatten(1).mean(dim=1) > 0.01
-    fs = pool_factor(small.shape[-2], small.shape[-1], cells)
-    rough = upsample(cell_grid(small, conf, fs, smooth=True), small.shape[-2:])
-    r2 = difference_ratio(small, rough, high)
-    spread = []
-    for i in range(r2.shape[0]):
-        v = (r2[i] - 1).abs()[conf[i] > 0]
-        v = v[:: max(1, v.numel() // 20_000)]
-        spread.append(v.median() if v.numel() else r2.new_zeros(()))
-    tol = (1.4826 * 4.0 * torch.stack(spread)).clamp(0.03, 0.3)[:, None, None, None]
-    conf = morph((((r2 - 1).abs() < tol) & (conf > 0)).float(), margin, "min")
-    grid = cell_grid(small, conf, fs, smooth=True, trend=trend)
-    grid = torch.where(has[:, None, None, None], grid, k.expand_as(grid))
-    return grid, conf, s
+def _concat(results: list[GreenPostResult]) -> GreenPostResult:
+    """Results of consecutive parts of a batch -> one result."""
+    def cat(name):
+        values = [r.extras[name] for r in results]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    return GreenPostResult(fg=torch.cat([r.fg for r in results]), alpha=torch.cat([r.alpha for r in results]),
+                           spill=torch.cat([r.spill for r in results]),
+                           key_colour=torch.cat([r.key_colour for r in results]),
+                           keys=[k for r in results for k in r.keys],
+                           extras={"screen_grid": cat("screen_grid"), "canvas_noise": cat("canvas_noise"),
+                                   "guide_weight": cat("guide_weight")})
 
 
-def _chroma_subsampled(crop: torch.Tensor, band: torch.Tensor, window: int = 320, min_pixels: int = 2000) -> bool:
-    """crop [1,3,h,w], band [h,w] bool -> whether the chroma looks subsampled (JPEG / video 4:2:0), read on at most
-    a window x window part of the crop centred on a band pixel (a property of the whole image; bounded cost).
-    Too little band to judge: False (the sharp fit, right for lossless images)."""
-    h, w = band.shape
-    if h * w > window * window:
-        rows = band.any(dim=1).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            return False
-        cy = int(rows[rows.numel() // 2])  # a band pixel in the middle rows (a centroid may fall in a hole of a
-        cols = band[cy].nonzero().squeeze(1)  # ring-shaped band)
-        cx = int(cols[cols.numel() // 2])
-        y0, x0 = max(0, min(h - window, cy - window // 2)), max(0, min(w - window, cx - window // 2))
-        crop = crop[..., y0 : y0 + window, x0 : x0 + window].contiguous()
-        band = band[y0 : y0 + window, x0 : x0 + window]
-    if min(band.shape) < 16 or int(band.sum()) < min_pixels:
-        return False
-    return float(chroma_detail_ratio(crop, band[None, None])[0]) < CHROMA_SUBSAMPLED
-
-
-def _transition_band(a: torch.Tensor, radius: int):
-    """a [1,1,H,W] alpha -> (band [H,W] bool: 0 < alpha < 1 dilated by ``radius``, its bounding box (y0, y1, x0, x1)
-    padded by a refinement window, or None when there is no transition)."""
-    band = morph(((a > 0) & (a < 1)).to(torch.uint8), radius, "max")[0, 0] > 0
-    return band, bbox(band, 2 * radius + 1)
-
-
-def _scalar_model(a: torch.Tensor, r: torch.Tensor, ki: torch.Tensor, kf: torch.Tensor, kk: torch.Tensor,
-                  kf2: torch.Tensor, trust: torch.Tensor, high: torch.Tensor, black, white,
-                  opts: GreenPostOptions) -> torch.Tensor:
-    """Scalar foreground-colour model at N pixels: a [N] alpha so far, r [N] difference ratio, ki = I - K, kf = F_local
-    - K, kk = K (each [3,N]), kf2 = |kf|^2 [N], trust [N] of the projection model in [0,1], high [1,3] -> alpha [N].
-
-    The pixel is taken as a mix of the screen and a colour whose key difference is the local foreground colour's
-    (alpha = linear key / linear key of F_local). It needs only the direction of I - K to agree roughly with
-    F_local - K, so it reaches hair whose colour is not exactly the opaque pixels'. It only lowers alpha
-    (over-opacity of non-key-coloured semi-transparent pixels is the colour-difference key's main error) and leaves
-    pixels it would keep nearly opaque alone."""
-    d_f = key_difference((kf + kk)[None, :, :, None], high)[0, 0, :, 0]
-    d_s = key_difference(kk[None, :, :, None], high)[0, 0, :, 0].clamp_min(0.05)
-    v_f = (1.0 - d_f / d_s).clamp_min(1.0)
-    a_sc = ratio_to_alpha(1.0 - (1.0 - r) / v_f, black, white, opts.gamma)
-    ki2 = (ki[0] * ki[0] + ki[1] * ki[1] + ki[2] * ki[2]).clamp_min(1e-6)
-    cos = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / (ki2 * kf2.clamp_min(1e-6)).sqrt()
-    sin = torch.where(cos > 0, (1 - cos.clamp(max=1) ** 2).sqrt(), torch.ones_like(cos))
-    w_sc = opts.fg_scalar * (1 - sin / opts.fg_scalar_angle).clamp(0, 1) * (1 - trust)
-    w_sc *= ((opts.fg_scalar_hi - a_sc) / (opts.fg_scalar_hi - opts.fg_scalar_lo)).clamp(0, 1)
-    return a + w_sc * (a_sc - a).clamp(max=0)
-
-
-def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype, guide=None) -> GreenPostResult:
-    img = image.float().contiguous()  # one copy of a permuted view (e.g. from HWC) makes every later pass cheaper
+def _green_post(img: torch.Tensor, keys: list[KeyColour], given, grey: bool, high_quality: bool,
+                opts: GreenPostOptions, out_dtype, guide=None) -> GreenPostResult:
+    """The composition of the stages on one batch: img [B,3,H,W] float32 contiguous in [0,1], B KeyColours."""
     b, _, h, w = img.shape
     size = (h, w)
-
-    keys = resolve_key_colours(key_colour, img, share=opts.share_key)
-    key = key_rgb(keys, b, img.device)
-    found = torch.tensor([k.found for k in keys], device=img.device)
-    high = key_channels(key)
-    usable = (key_dominance(key) >= MIN_KEY_DOMINANCE) & found  # [B]; no key colour -> opaque result
+    key_host = key_rgb(keys, b)  # [B,3] on the CPU: key channels and usability are read there (no device sync)
+    key = key_host.to(img.device)
+    high = key_channels(key_host)
+    usable = (key_dominance(key_host) >= MIN_KEY_DOMINANCE) & torch.tensor([k.found for k in keys])
     if grey:
-        usable = torch.zeros_like(usable)
-
-    memo = {}
-
-    def at(grid: torch.Tensor, i: int, idx: torch.Tensor) -> torch.Tensor:  # [3,N] bilinear upsample of a grid at idx
-        k = (id(grid), i)
-        if k not in memo:  # upsampled once per image
-            memo[k] = upsample_planes(grid[i], size).reshape(grid.shape[1], -1)
-        return memo[k].index_select(1, idx)
+        usable = torch.zeros_like(usable)  # no key colour -> opaque result
 
     # 1. screen colour: local clean plate on a coarse grid (statistics at reduced resolution), or the flat key
     if opts.local_screen:
-        screen_grid, canvas_s, s = _screen_lowres(img, key, high, opts.screen_cells, opts.screen_trend)
+        screen_grid, canvas_s, s = clean_plate(img, key, high, opts.screen_cells, opts.screen_trend)
     else:
         screen_grid, canvas_s, s = key[:, :, None, None], None, 1
-    d_k = upsample(key_difference(screen_grid, high).clamp_min(0.05), size).expand(b, 1, h, w)
+    d_k = screen_difference(screen_grid, high, size)
     r = key_difference(img, high).div_(d_k)  # difference ratio: 1 on the screen, <= 0 on a non-key foreground
     sigma = canvas_noise(r[..., ::s, ::s], canvas_s) if canvas_s is not None else canvas_noise(r, None)  # [B]
-    black = (opts.black + opts.noise_black * sigma).clamp(0, 0.2)[:, None, None, None]
-    white_base = (opts.white - opts.noise_white * sigma).clamp(0.6, 1.0)[:, None, None, None]
-    white = torch.maximum(white_base, black + 0.05)
+    black, white = key_points(sigma, opts.black, opts.white, opts.noise_black, opts.noise_white)
 
-    # 2. alpha: colour difference; where a local foreground colour is known (nearby opaque pixels) and the pixel
-    #    lies on the line between the screen and that colour, the exact projection onto that line instead.
-    #    Confidently opaque: clearly off-key, and at the local minimum of r (ramps into the canvas are excluded).
+    # 2. alpha: colour difference. JPEG / video chroma (high-quality mode) is judged once per image on its
+    #    transition band
     a = ratio_to_alpha(r, black, white, opts.gamma)
-    # JPEG / video chroma (high-quality mode): judged once per image on the colour-difference transition band
-    subsampled = [False] * b
+    subsampled = None
     if high_quality and opts.refine_radius > 0:
-        for i in range(b):
-            band, box_ = _transition_band(a[i : i + 1], opts.refine_radius)
-            if box_ is not None:
-                y0, y1, x0, x1 = box_
-                subsampled[i] = _chroma_subsampled(img[i : i + 1, :, y0:y1, x0:x1], band[y0:y1, x0:x1])
-    # confidently opaque pixels (on an area-reduced image; they feed the local foreground colour of the model and
-    # the unmixing prior) and the region within reach of them where the model may apply
-    so = max(1, pool_factor(h, w, opts.fg_cells) // 3)
-    small = downsample(img, so)
-    r_s = key_difference(small, high).div_(upsample(key_difference(screen_grid, high).clamp_min(0.05),
-                                                   small.shape[-2:]))
-    opaque = morph((r_s < opts.fg_opaque).to(torch.uint8), -(-opts.fg_erode // so), "min").bool()
-    if opts.fg_local_min:
-        tol_min = (3.0 * sigma).clamp(min=0.04)[:, None, None, None]
-        opaque &= (r_s - morph(r_s, -(-3 // so), "min")) < tol_min
-    fg_grid = cell_grid(small, opaque.float(), pool_factor(small.shape[-2], small.shape[-1], max(1, opts.fg_cells)))
-    reach_px = opts.fg_model_reach if opts.fg_model_reach > 0 else max(h, w)
-    reach = morph(opaque.to(torch.uint8), -(-reach_px // so), "max") > 0
-    if opts.fg_model:
-        # the model changes alpha near the colour-difference transition (an over-opaque edge lies next to it)
-        a_s = ratio_to_alpha(r_s, black, white, opts.gamma)
-        near_edge = morph(((a_s > 0) & (a_s < 1)).to(torch.uint8), -(-max(1, reach_px // 2) // so), "max") > 0
-        region = reach & ~opaque & near_edge
-        for i in range(b):
-            reg = region[i, 0]
-            if so > 1:
-                reg = reg.repeat_interleave(so, dim=0).repeat_interleave(so, dim=1)[:h, :w]
-            idx = reg.flatten().nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            ki = img[i].reshape(3, -1).index_select(1, idx)
-            kk = at(screen_grid, i, idx) if canvas_s is not None else key[i][:, None]
-            kf = at(fg_grid, i, idx) - kk
-            ki = ki - kk
-            kf2 = kf[0] * kf[0] + kf[1] * kf[1] + kf[2] * kf[2]
-            t = (ki[0] * kf[0] + ki[1] * kf[1] + ki[2] * kf[2]) / kf2.clamp_min(1e-4)
-            d = ki - t.clamp(0, 1) * kf
-            resid = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt_()
-            tol = opts.fg_model_tol_subsampled if subsampled[i] else opts.fg_model_tol
-            trust = (1.0 - resid / tol).clamp(0, 1) * (kf2 > 0.01).float()
-            a_proj = ratio_to_alpha(1.0 - t, black[i, 0, 0, 0], white[i, 0, 0, 0], opts.gamma)
-            old = a[i, 0].view(-1).index_select(0, idx)
-            if opts.fg_scalar > 0:
-                r_i = r[i, 0].view(-1).index_select(0, idx)
-                old = _scalar_model(old, r_i, ki, kf, kk, kf2, trust, high[i : i + 1], black[i, 0, 0, 0],
-                                    white[i, 0, 0, 0], opts)
-            a[i, 0].view(-1).index_copy_(0, idx, old + trust * (a_proj - old))
+        band = transition_band(a, opts.refine_radius)
+        box = band_box(band, opts.refine_radius)
+        if box is not None:
+            y0, y1, x0, x1 = box
+            subsampled = chroma_subsampled(img[..., y0:y1, x0:x1], band[..., y0:y1, x0:x1])
 
-    # 3. refinement: guided filter (colour guide) in the transition band, on its bounding crop; then despeckle
+    # 3. local foreground colour (feeds the model and the unmixing prior); where it is known and the pixel lies on
+    #    the line between the screen and that colour, the exact projection onto that line
+    fg_grid, region, so = foreground_grid(img, key_difference(screen_grid, high).clamp_min(0.05), high, sigma, black,
+                                          white, opts.gamma, opts.fg_cells, opts.fg_opaque, opts.fg_erode,
+                                          opts.fg_local_min, opts.fg_model_reach)
+    screen = upsample(screen_grid, size) if canvas_s is not None else screen_grid
+    fg_local = upsample(fg_grid, size)
+    if opts.fg_model:
+        tol = torch.full((b,), opts.fg_model_tol, device=img.device)
+        if subsampled is not None:
+            tol = torch.where(subsampled, opts.fg_model_tol_subsampled, tol)
+        scalar = (dict(weight=opts.fg_scalar, angle=opts.fg_scalar_angle, lo=opts.fg_scalar_lo, hi=opts.fg_scalar_hi)
+                  if opts.fg_scalar > 0 else None)
+        apply_foreground_model(a, img, r, region, so, screen, fg_local, high, black, white, tol, opts.gamma, scalar)
+
+    # 4. refinement: guided filter (colour guide) in the transition band; then despeckle
     if opts.refine_radius > 0:
-        rad = opts.refine_radius
         # optional: strength following the canvas noise (refine_noise > 0); by default the refinement always
         # applies (it helps clean generated canvases too: it fits alpha to the local colour lines)
-        wgt = (sigma / opts.refine_noise).clamp(0, 1) if opts.refine_noise > 0 else torch.ones_like(sigma)
-        for i in range(b):
-            if float(wgt[i]) <= 0:
-                continue
-            ai = a[i : i + 1]
-            band, box_ = _transition_band(ai, rad)
-            if box_ is None:
-                continue
-            y0, y1, x0, x1 = box_
-            crop = img[i : i + 1, :, y0:y1, x0:x1]
-            ac = ai[:, :, y0:y1, x0:x1]
-            src = ac.contiguous()
-            eps = opts.refine_eps + opts.refine_eps_noise * float(sigma[i]) ** 2
-            if opts.refine_colour:
-                # colour guide: alpha is locally affine in RGB wherever a window mixes the screen with one or two
-                # foreground colours (the colour-line model of closed-form matting); a grey guide cannot separate
-                # a foreground whose luminance equals the screen's
-                fit_blur = opts.refine_fit_blur
-                if fit_blur < 0:
-                    fit_blur = 1 if subsampled[i] else 0
-                ref = colour_guided_filter(crop, src, rad, eps, opts.refine_subsample, fit_blur)
-                if high_quality:
-                    # second, coarser scale (twice the window, coefficients on a grid twice as coarse): wider
-                    # colour lines for wide soft regions; the two fits are averaged
-                    coarse = colour_guided_filter(crop, src, 2 * rad, eps, 2 * opts.refine_subsample, fit_blur)
-                    ref = 0.5 * (ref + coarse)
-                ref = ref.clamp_(0, 1)
-            else:
-                luma = (crop * crop.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-                ref = guided_filter(luma, src, rad, eps, opts.refine_subsample).clamp_(0, 1)
-            bc = band[y0:y1, x0:x1][None, None]
-            bc = bc & (ac > 0)  # never raise what the keyer sees as pure canvas (no haze around hard edges)
-            ac.copy_(torch.where(bc, ref if float(wgt[i]) >= 1 else ac + float(wgt[i]) * (ref - ac), ac))
+        strength = (sigma / opts.refine_noise).clamp(0, 1) if opts.refine_noise > 0 else torch.ones_like(sigma)
+        refine_alpha(a, img, sigma, opts.refine_radius, opts.refine_eps, opts.refine_eps_noise, opts.refine_subsample,
+                     opts.refine_colour, opts.refine_fit_blur, subsampled, high_quality, strength)
     if opts.despeckle_area > 0 or opts.hole_area > 0:
         a = despeckle(a, max(8, int(round(opts.despeckle_area * h * w))) if opts.despeckle_area > 0 else 0,
                       int(round(opts.hole_area * h * w)))
 
-    # 3b. a guide (a previous alpha of the object): kept where the image is still its composite over the screen,
+    # 4b. a guide (a previous alpha of the object): kept where the image is still its composite over the screen,
     #     GreenPost's own key where the image changed (greenpost/guide.py)
     guide_w = None
     if guide is not None:
@@ -532,55 +440,35 @@ def _green_post(image, given, grey, key_colour, high_quality, opts, out_dtype, g
             # ... or against the local clean plate (a workflow that shaded the canvas); the plate under a subject
             # that covers most of the frame is a fill and may be off, so the image counts as unchanged where either
             # screen explains it (bench/roundtrip.py)
-            change = torch.minimum(change, guide_change(img, guide, upsample(screen_grid, size)))
+            change = torch.minimum(change, guide_change(img, guide, screen))
         a, guide_w = blend_guide(a, guide, change, sigma)
 
-    # 4. a given matte wins; the keyer only cleans its canvas
+    # 4c. a given matte wins; the keyer only cleans its canvas
     if given is not None:
         clean = (a <= 0.0) & (given < opts.canvas_clean)  # the keyer sees pure canvas and the matte is faint
-        a = torch.where(clean, torch.zeros_like(given), given)
+        a = torch.where(clean, torch.zeros_like(given), given).contiguous()
 
-    # 5. unmix against the local screen where 0 < alpha < 1 (opaque pixels are their own colour; fully transparent
-    #    ones keep the despilled image, which no compositing shows), then despill
+    # 5. unmix against the local screen where 0 < alpha < 1, then despill
     fg = img.clone()
-    for i in range(b):
-        flat_a = a[i, 0].reshape(-1)
-        idx = ((flat_a > 0) & (flat_a < 1)).nonzero().squeeze(1)
-        if idx.numel():
-            ab = flat_a.index_select(0, idx)
-            kk = at(screen_grid, i, idx) if canvas_s is not None else key[i][:, None]
-            prior = at(fg_grid, i, idx)
-            num = ab * (img[i].reshape(3, -1).index_select(1, idx) - (1.0 - ab) * kk) + opts.unmix_reg * prior
-            fg[i].view(3, -1).index_copy_(1, idx, (num / (ab * ab + opts.unmix_reg)).clamp_(0, 1))
-    undespilled = fg.clone() if guide_w is not None else None
-    if opts.despill > 0 and opts.despill_limit == "max" and opts.luma_preserve == 0:
-        # fast path of unmix.despill (same result): the key channels are lowered to the others' maximum, in place
-        sp = key_difference(fg, high).clamp_min_(0)
-        if opts.despill != 1.0:
-            sp.mul_(opts.despill)
-        rows = high.tolist()
-        for i in range(b):
-            for c in range(3):
-                if rows[i][c]:
-                    fg[i, c].sub_(sp[i, 0])
-        fg.clamp_(0, 1)
-    elif opts.despill > 0:
-        fg, sp = despill(fg, high, opts.despill, opts.luma_preserve, opts.despill_limit)
+    unmix_pixels(fg, img, a, screen, fg_local, opts.unmix_reg)
+    if opts.despill > 0:
+        despilled, sp = despill(fg, high, opts.despill, opts.luma_preserve, opts.despill_limit)
     else:
-        sp = torch.zeros_like(a)
-    spill = (sp / d_k).clamp_(0, 1) * (a > 0).float()
-    if undespilled is not None:
+        despilled, sp = fg, torch.zeros_like(a)
+    spill = spill_map(sp, d_k, a)
+    if guide_w is not None:
         # where the image is still the old object on its canvas its colours are the object's own, not spill
-        fg = undespilled + guide_w * (fg - undespilled)
+        despilled = fg + guide_w * (despilled - fg)
         spill = spill * guide_w
+    fg = despilled
 
     # images without a usable key colour: defined, opaque result
     if not bool(usable.all()):
-        keep = usable[:, None, None, None]
+        keep = usable.to(img.device)[:, None, None, None]
         a = torch.where(keep, a, given if given is not None else guide if guide is not None else torch.ones_like(a))
         fg = torch.where(keep, fg, img)
         spill = torch.where(keep, spill, torch.zeros_like(spill))
 
     return GreenPostResult(fg=fg.to(out_dtype), alpha=a.to(out_dtype), spill=spill.to(out_dtype),
-                           key_colour=key.to(out_dtype), keys=keys, extras={"screen_grid": screen_grid, "canvas_noise": sigma,
-                                                                       "guide_weight": guide_w})
+                           key_colour=key.to(out_dtype), keys=keys,
+                           extras={"screen_grid": screen_grid, "canvas_noise": sigma, "guide_weight": guide_w})

@@ -6,12 +6,14 @@ import torch
 from comfy_api.latest import io
 
 from ..common.keycolour import AUTO, resolve_key_colours
+from ..greenpost.core import frames_that_fit
 from ..matting_head.refine import MODES, key_image, resolve_keyer
 from .common import (category, check_interrupted, check_key_widget, compute_device, intermediate_device,
                      key_colour_options, key_socket_input, key_socket_output, progress_bar, socket_keys, to_image,
                      to_mask, widget_key)
 
-CHUNK = 4  # frames keyed at a time (bounded memory for long 4K batches)
+MOST_FRAMES = 16  # at most this many frames keyed at a time (progress and Cancel between chunks; a GPU batch of 16
+# 1-MP frames is issue 17's measure); fewer when free memory says so (greenpost.core.frames_that_fit)
 
 
 class DiffuMattingGreenPost(io.ComfyNode):
@@ -125,16 +127,17 @@ class DiffuMattingGreenPost(io.ComfyNode):
         model = resolve_keyer(keyer) if a is None and g is None else None
         # the connected key, else the widget's: a KeyColour, or "auto" (estimated per chunk's image)
         keys = socket_keys(key, x.shape[0]) if key is not None else widget_key(key_colour, key_hex)
-        # the keyer runs on the compute device (the GPU when there is one); classical keying where ComfyUI keeps images
-        device = compute_device() if model is not None else intermediate_device()
-        x = x.to(device)
+        # keying runs on ComfyUI's compute device (the GPU when there is one: the whole chunk in one batch there);
+        # results go back to the intermediate device, where ComfyUI keeps images
+        device = compute_device()  # each chunk goes there on its own (a long 4K batch need not fit at once)
         if grey:
             keys = "chroma_green"  # no key colour in grey: GreenPost returns it opaque whatever the key
         elif keys == AUTO and share_key_across_batch and x.shape[0] > 1:
             shared = resolve_key_colours(AUTO, x, share=True)  # one colour for all frames
             keys = shared if all(k.found for k in shared) else AUTO
         outs = []
-        chunks = range(0, x.shape[0], CHUNK)
+        chunk = frames_that_fit(x.shape[-2], x.shape[-1], device, most=MOST_FRAMES)
+        chunks = range(0, x.shape[0], chunk)
         bar = progress_bar(len(chunks))
 
         def tile_done(done, total):  # a large image's tiles: interruptible between them
@@ -142,10 +145,10 @@ class DiffuMattingGreenPost(io.ComfyNode):
 
         for n, i in enumerate(chunks):
             check_interrupted()
-            ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + CHUNK]).to(device)
-            gi = None if g is None else (g if g.shape[0] == 1 else g[i : i + CHUNK]).to(device)
-            xi = x[i : i + CHUNK, :1] if grey else x[i : i + CHUNK]
-            ki = keys[i : i + CHUNK] if isinstance(keys, list) else keys
+            ai = None if a is None else (a if a.shape[0] == 1 else a[i : i + chunk]).to(device)
+            gi = None if g is None else (g if g.shape[0] == 1 else g[i : i + chunk]).to(device)
+            xi = (x[i : i + chunk, :1] if grey else x[i : i + chunk]).to(device)
+            ki = keys[i : i + chunk] if isinstance(keys, list) else keys
             res = key_image(xi, model, alpha=ai, key_colour=ki, high_quality=high_quality, on_tile=tile_done, guide=gi,
                             black=clip_black, white=clip_white, despill=despill, luma_preserve=preserve_luminance,
                             refine_radius=refine_radius)

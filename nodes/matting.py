@@ -272,8 +272,8 @@ class DiffuMattingMattingHeadDecode(io.ComfyNode):
 
 def _decode_then_key(z, vae, head, key_colour, key, tiled: bool, tile_size: int, overlap: int) -> io.NodeOutput:
     """The image-only path of MattingHeadDecode: the VAE's own decode (any VAE ComfyUI loads), then the learned keyer
-    (the connected image-only head, or the bundled one) refining GreenPost's alpha on the decoded image, one image at
-    a time on the compute device."""
+    (the connected image-only head, or the bundled one) refining GreenPost's alpha on the decoded image, in chunks
+    of frames on the compute device."""
     from ..matting_head.refine import KEYER_FILE, learned_green_post, load_keyer
     from .common import compute_device
 
@@ -291,17 +291,21 @@ def _decode_then_key(z, vae, head, key_colour, key, tiled: bool, tile_size: int,
                          "this VAE)")
     keys = socket_keys(key, image.shape[0]) if key is not None else widget_key(key_colour)
     device = compute_device()
+    from ..greenpost.core import frames_that_fit
+
+    # chunks of frames as one batch on the compute device (GreenPost's batched path), sized from its free memory
+    chunk = frames_that_fit(image.shape[1], image.shape[2], device, most=16)
     pbar = progress_bar(image.shape[0])
     fgs, alphas, used = [], [], []
-    for i in range(image.shape[0]):
+    for i in range(0, image.shape[0], chunk):
         check_interrupted()
-        ki = keys[i] if isinstance(keys, list) else keys
-        x = image[i : i + 1].movedim(-1, 1).clamp(0, 1).to(device)
+        ki = keys[i : i + chunk] if isinstance(keys, list) else keys
+        x = image[i : i + chunk].movedim(-1, 1).clamp(0, 1).to(device)
         res = learned_green_post(x, keyer, key_colour=ki, on_tile=lambda done, total: check_interrupted())
         fgs.append(res.fg.float().to(intermediate_device()))
         alphas.append(res.alpha.float().to(intermediate_device()))
         used.extend(res.keys)
-        pbar.update(1)
+        pbar.update(x.shape[0])
     fg = torch.cat(fgs).movedim(1, -1).contiguous()
     alpha = torch.cat(alphas)[:, 0].contiguous()
     method = f"image-only keyer {name} on the VAE's decoded image"

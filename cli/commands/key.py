@@ -43,37 +43,13 @@ LOAD_BYTES_PER_PIXEL = 24  # the decoded file and its float32 copy, on top of th
 
 def memory_limit() -> tuple[int | None, str]:
     """-> (the most pixels one image may have to be loaded and keyed now, the reason for the limit in words)."""
-    from ...greenpost.core import KEYING_BYTES_PER_PIXEL, available_memory
+    from ...greenpost.core import KEYING_BYTES_PER_PIXEL, memory_limit as keying_memory
 
-    avail = available_memory("cpu")
-    space = address_space_left()
-    if avail is None and space is None:
+    room, why = keying_memory("cpu")  # free memory, or the address space left under `ulimit -v` when smaller
+    if room is None:
         return None, ""
     per_px = KEYING_BYTES_PER_PIXEL + LOAD_BYTES_PER_PIXEL
-    if space is not None and (avail is None or space < avail):
-        # a `ulimit -v` (RLIMIT_AS) below the free memory: an image the free memory allows would still fail with
-        # an allocation error in the middle of the keying (#19 K7, run as the report ran it)
-        return space // per_px, (f" that the {space / 1e9:.1f} GB of address space left under this process's "
-                                 f"limit (ulimit -v) allows for keying (about {per_px} bytes per pixel); "
-                                 "downscale or crop it")
-    return avail // per_px, (f" that {avail / 1e9:.1f} GB of free memory allows for keying (about {per_px} bytes per "
-                             "pixel); downscale or crop it")
-
-
-def address_space_left() -> int | None:
-    """Bytes this process may still map under its RLIMIT_AS (``ulimit -v``), or None when there is no limit or it
-    cannot be told (not POSIX, no /proc)."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft == resource.RLIM_INFINITY:
-            return None
-        with open("/proc/self/status") as f:
-            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-    except (ImportError, OSError, ValueError, StopIteration):
-        return None
-    return max(0, soft - used)
+    return room // per_px, f" that {why} allows for keying (about {per_px} bytes per pixel); downscale or crop it"
 
 
 def output_names(files: list[str], suffix: str) -> list[str]:

@@ -378,7 +378,7 @@ def test_chroma_subsampling_is_detected_in_the_transition_band():
     import numpy as np
 
     from diffumatting.greenpost.band import chroma_detail_ratio, morph
-    from diffumatting.greenpost.core import CHROMA_SUBSAMPLED
+    from diffumatting.greenpost.refine import CHROMA_SUBSAMPLED
 
     image, alpha = _hairy_scene()
     band = morph(((alpha > 0) & (alpha < 1)).float(), 2, "max")
@@ -419,7 +419,10 @@ def test_chroma_check_reads_the_band_of_a_large_ring_shaped_edge():
     import cv2
     import numpy as np
 
-    from diffumatting.greenpost.core import _chroma_subsampled
+    from diffumatting.greenpost.refine import chroma_subsampled
+
+    def _chroma_subsampled(image, band):  # one image, a 2-D band -> bool
+        return bool(chroma_subsampled(image, band[None, None])[0])
 
     n = 720
     ys, xs = torch.meshgrid(torch.arange(n).float(), torch.arange(n).float(), indexing="ij")
